@@ -1,0 +1,74 @@
+"""Projected gradient descent (Madry et al. 2018), L-inf and L2, with a pluggable loss.
+
+The attack maximises ``loss_fn(x_adv).sum()`` where ``loss_fn`` returns one loss per example, so
+the same routine serves training (against AGAIN's joint loss of Eq. 7), evaluation (CE, margin,
+adaptive losses) and FGSM (one step, no projection needed beyond the budget).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+NORMS = ("Linf", "L2")
+
+
+def _l2_normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.ndim - 1)))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the eps-ball of ``norm``."""
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    n = delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.ndim - 1)))
+    return delta * (eps / n.clamp_min(1e-12)).clamp(max=1.0)
+
+
+def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform start in the L-inf ball, or a uniform-radius start in the L2 ball."""
+    if norm == "Linf":
+        return (torch.rand(x.shape, device=x.device, generator=generator, dtype=x.dtype) * 2 - 1) * eps
+    d = _l2_normalize(torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype))
+    r = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, generator=generator, dtype=x.dtype)
+    return d * r * eps
+
+
+def pgd(
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "Linf",
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Maximise ``loss_fn`` within the ``norm`` ball of radius ``eps`` around ``x`` (images in [0, 1]).
+
+    ``init`` is an optional starting perturbation (TRADES starts from small Gaussian noise).
+    Returns detached adversarial images.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    x = x.detach()
+    if init is not None:
+        delta = init.detach().clone()
+    elif random_start:
+        delta = random_init(x, eps, norm, generator)
+    else:
+        delta = torch.zeros_like(x)
+    delta = ((x + project(delta, eps, norm)).clamp(0, 1) - x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_fn(x + delta).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            g = grad.sign() if norm == "Linf" else _l2_normalize(grad)
+            delta = project(delta + step_size * g, eps, norm)
+            delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
