@@ -10,8 +10,10 @@ import fnmatch
 from typing import Any
 
 import timm
+import torch
+from torch import nn
 
-from .adapter import AgainModel
+from .adapter import AgainModel, backbone_cfg
 from .errors import ConfigError
 
 ZOO = {
@@ -43,6 +45,42 @@ def list_models(pattern: str = "again_*", generic: bool = False) -> list[str]:
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 
+class Normalized(nn.Module):
+    """A plain timm classifier made to take [0, 1] images: applies its ``pretrained_cfg`` mean/std."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        cfg = backbone_cfg(backbone)
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0))).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (1.0, 1.0, 1.0))).view(1, -1, 1, 1), persistent=False)
+        self.num_classes = backbone.num_classes
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        return backbone_cfg(self.backbone)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+
+
+def build_model(arch: str, num_classes: int, again: dict[str, Any] | None = None, **model_args: Any) -> nn.Module:
+    """A model that takes [0, 1] images: ``AgainModel`` around timm ``arch`` when ``again`` is a
+    dict of AGAIN options, else the plain backbone (normalising inputs itself)."""
+    if not timm.is_model(arch):
+        raise ConfigError(f"unknown architecture {arch!r}: not a timm model (againzoo adds {', '.join(ZOO.values())})")
+    try:
+        backbone = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_args)
+    except TypeError as e:
+        raise ConfigError(f"bad model arguments for {arch}: {e}") from None
+    if again is None:
+        return backbone if getattr(backbone, "normalizes_input", False) else Normalized(backbone)
+    unknown = set(again) - set(AGAIN_KWARGS)
+    if unknown:
+        raise ConfigError(f"unknown AGAIN options {sorted(unknown)}; allowed: {', '.join(AGAIN_KWARGS)}")
+    return AgainModel(backbone, **again)
+
+
 def create_model(name: str, num_classes: int = 10, pretrained: bool | str = False, **kwargs: Any) -> AgainModel:
     """Build an AGAIN model: ``create_model('again_resnet18', num_classes=100, alpha=0.6)``.
 
@@ -55,5 +93,4 @@ def create_model(name: str, num_classes: int = 10, pretrained: bool | str = Fals
         from .hub import load_pretrained
 
         return load_pretrained(name, pretrained, num_classes=num_classes, **again_kw, **kwargs)
-    backbone = timm.create_model(backbone_name(name), pretrained=False, num_classes=num_classes, **kwargs)
-    return AgainModel(backbone, **again_kw)
+    return build_model(backbone_name(name), num_classes, again_kw, **kwargs)

@@ -71,5 +71,5 @@ default_cfgs = generate_default_cfgs({"preactresnet18": cifar_cfg(first_conv="st
 def preactresnet18(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
     """Pre-activation ResNet-18 for CIFAR."""
     check_not_pretrained("preactresnet18", pretrained)
-    cfg = resolve_cfg(cifar_cfg(first_conv="stem"), kwargs)
+    cfg = resolve_cfg(cifar_cfg(first_conv="stem", architecture="preactresnet18"), kwargs)
     return PreActResNet((2, 2, 2, 2), cfg=cfg, **kwargs)

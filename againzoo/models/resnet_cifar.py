@@ -77,5 +77,5 @@ default_cfgs = generate_default_cfgs({"resnet18_cifar": cifar_cfg()})
 def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
     """ResNet-18, CIFAR stem (3x3 conv, stride 1, no max-pool); ``width=64`` is the standard model."""
     check_not_pretrained("resnet18_cifar", pretrained)
-    cfg = resolve_cfg(cifar_cfg(), kwargs)
+    cfg = resolve_cfg(cifar_cfg(architecture="resnet18_cifar"), kwargs)
     return ResNetCifar((2, 2, 2, 2), cfg=cfg, **kwargs)

@@ -46,5 +46,5 @@ default_cfgs = generate_default_cfgs({"vgg16_cifar": cifar_cfg(first_conv="stage
 def vgg16_cifar(pretrained: bool = False, **kwargs: Any) -> VggCifar:
     """VGG-16-BN for CIFAR; ``width_mult`` scales the channels for tests."""
     check_not_pretrained("vgg16_cifar", pretrained)
-    cfg = resolve_cfg(cifar_cfg(first_conv="stages.0.0"), kwargs)
+    cfg = resolve_cfg(cifar_cfg(first_conv="stages.0.0", architecture="vgg16_cifar"), kwargs)
     return VggCifar(VGG16_STAGES, cfg=cfg, **kwargs)

@@ -71,6 +71,6 @@ default_cfgs = generate_default_cfgs({"wrn34_10": cifar_cfg(first_conv="conv1")}
 def wrn34_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
     """WideResNet-34-10 as in TRADES/AWP; ``widen_factor`` may be lowered for tests."""
     check_not_pretrained("wrn34_10", pretrained)
-    cfg = resolve_cfg(cifar_cfg(first_conv="conv1"), kwargs)
+    cfg = resolve_cfg(cifar_cfg(first_conv="conv1", architecture="wrn34_10"), kwargs)
     kwargs.setdefault("widen_factor", 10)
     return WideResNet(depth=34, cfg=cfg, **kwargs)

@@ -1,0 +1,269 @@
+"""Training recipes: YAML parsed into typed, validated pydantic models.
+
+Every section forbids unknown keys; a mistake raises :class:`~againzoo.errors.ConfigError` with
+the key path and the allowed keys or values, before any work starts. ``--set a.b=value``
+overrides are applied to the raw YAML before validation, so they are checked the same way.
+
+Budgets (``eps``, ``step_size``) accept numbers or fractions written as strings (``"8/255"``).
+
+The AGAIN probability schedule (section 4.3: "original AT with high probability early, AGAIN
+more often as training goes on") is a linear ramp. For epoch ``e`` (0-based)::
+
+    p(e) = start + (end - start) * min(1, (e + 1) / ramp_epochs)      (p = end if ramp_epochs == 0)
+
+and each batch independently applies AGAIN with probability ``p(e)``; ``ramp_epochs`` defaults to
+a quarter of the epochs. The paper does not publish its exact schedule; this is ours.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def parse_number(v: Any) -> Any:
+    """``"8/255"`` -> 0.0313...; numbers pass through."""
+    if isinstance(v, str):
+        try:
+            return float(Fraction(v.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"expected a number or a fraction like '8/255', got {v!r}") from None
+    return v
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AgainSchedule(Section):
+    """Probability of applying AGAIN to a batch, ramped linearly over epochs."""
+
+    start: float = Field(0.0, ge=0, le=1)
+    end: float = Field(1.0, ge=0, le=1)
+    ramp_epochs: Optional[int] = Field(None, ge=0)
+
+    def probability(self, epoch: int, epochs: int) -> float:
+        ramp = self.ramp_epochs if self.ramp_epochs is not None else max(1, epochs // 4)
+        if ramp == 0:
+            return self.end
+        return self.start + (self.end - self.start) * min(1.0, (epoch + 1) / ramp)
+
+
+class AgainOptions(Section):
+    enabled: bool = True
+    layer: Optional[str] = None
+    alpha: float = Field(0.6, ge=0.5, le=1.0)
+    aux_weight: float = Field(1.0, ge=0)
+    hff: bool = True
+    per_sample_gammas: bool = False
+    schedule: AgainSchedule = AgainSchedule()
+
+
+class ModelSection(Section):
+    arch: str = "resnet18_cifar"
+    kwargs: dict[str, Any] = {}
+    again: AgainOptions = AgainOptions()
+
+
+class DataSection(Section):
+    dataset: Literal["cifar10", "cifar100", "digits"] = "cifar10"
+    data_dir: Optional[str] = None
+    source: Literal["auto", "pickle", "npz", "folder", "torchvision"] = "auto"
+    download: bool = False
+    augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
+    val_size: int = Field(1000, ge=0)
+
+
+class AttackSection(Section):
+    """The training attack."""
+
+    eps: float = Field(8 / 255, gt=0)
+    step_size: Optional[float] = Field(None, gt=0)
+    steps: int = Field(10, ge=1)
+    random_start: bool = True
+    norm: Literal["Linf", "L2"] = "Linf"
+    bn_mode: Literal["eval", "train"] = "eval"
+
+    _numbers = field_validator("eps", "step_size", mode="before")(parse_number)
+
+
+class AwpOptions(Section):
+    """Adversarial weight perturbation (Wu et al. 2020)."""
+
+    gamma: float = Field(0.01, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    proxy_lr: float = Field(0.01, gt=0)
+
+
+class MethodSection(Section):
+    name: Literal["standard", "pgd_at", "trades", "mart", "fgsm_rs"] = "pgd_at"
+    beta: Optional[float] = Field(None, ge=0)
+    awp: Optional[AwpOptions] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "MethodSection":
+        if self.beta is not None and self.name not in ("trades", "mart"):
+            raise ValueError(f"beta only applies to trades and mart, not {self.name}")
+        if self.awp is not None and self.name in ("standard", "fgsm_rs"):
+            raise ValueError(f"awp combines with pgd_at, trades or mart, not {self.name}")
+        return self
+
+
+class OptimizerSection(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+
+
+class LRSchedule(Section):
+    """``multistep``: lr * gamma^k after each milestone epoch; ``onecycle``: linear up to ``lr`` at
+    ``pct_start`` of training, linear down to 0; ``cosine``; ``constant``. Stepped per iteration."""
+
+    name: Literal["multistep", "onecycle", "cosine", "constant"] = "multistep"
+    milestones: list[int] = [75, 90, 100]
+    gamma: float = Field(0.1, gt=0)
+    pct_start: float = Field(0.4, gt=0, lt=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class EvalSection(Section):
+    """Per-epoch monitoring; the best checkpoint is chosen on the held-out slice of the train set."""
+
+    every: int = Field(1, ge=1)
+    attack_steps: int = Field(10, ge=1)
+    n_val: int = Field(1000, ge=0)
+    n_test: int = Field(1000, ge=0)
+    n_train: int = Field(1000, ge=0)
+
+
+class Recipe(Section):
+    name: str
+    description: str = ""
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    method: MethodSection = MethodSection()
+    attack: AttackSection = AttackSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    lr_schedule: LRSchedule = LRSchedule()
+    epochs: int = Field(120, ge=1)
+    batch_size: int = Field(128, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+    eval: EvalSection = EvalSection()
+    output_dir: str = "runs"
+    log_every: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        if self.lr_schedule.name == "multistep" and any(m > self.epochs for m in self.lr_schedule.milestones):
+            raise ValueError(f"lr_schedule.milestones {self.lr_schedule.milestones} exceed epochs={self.epochs}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# -- errors --------------------------------------------------------------------------------
+
+def _section_at(loc: tuple[Any, ...]) -> Optional[type[BaseModel]]:
+    """The pydantic class that owns the key at ``loc`` (to list its allowed keys)."""
+    cls: Any = Recipe
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if get_origin(ann) is Union:
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def format_error(err: ValidationError, source: str) -> str:
+    """One line per problem: the key path, what is wrong, and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            cls = _section_at(loc)
+            allowed = ", ".join(cls.model_fields) if cls else "?"
+            lines.append(f"{source}: unknown key '{path}' (allowed: {allowed})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {path}: {msg} (got {e.get('input')!r})" if loc else f"{source}: {msg}")
+    return "; ".join(lines)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw recipe dict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.setdefault(p, {}), dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def resolve_path(recipe: str | Path) -> Path:
+    """A recipe file path, or the name of a shipped recipe (``quickstart``)."""
+    path = Path(recipe)
+    if path.exists():
+        return path
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"recipe {recipe!r} not found (not a file; shipped recipes: {names})")
+
+
+def parse(raw: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of recipe keys, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_error(e, source)) from None
+
+
+def load(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe (a path or a shipped recipe's name)."""
+    path = resolve_path(recipe)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    return parse(apply_overrides(raw, overrides), str(path.name))
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def shipped() -> dict[str, str]:
+    """Shipped recipe names and their one-line descriptions."""
+    out = {}
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(p.read_text()) or {}
+        out[p.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
+    return out

@@ -1,0 +1,254 @@
+"""The one training loop behind every recipe.
+
+Per batch: the AGAIN schedule decides (a host-side Bernoulli draw, no device sync) whether this
+batch uses AGAIN; the method crafts the adversarial batch and computes its loss; AWP, when
+enabled, perturbs the weights around the optimiser step. Per epoch: monitoring on a held-out
+slice of the training set (which picks the best checkpoint; the test set never does), on the
+test set and on a training subset (for the generalisation gaps of Fig. 3), then atomic writes of
+``metrics.jsonl``, ``best/``, the last checkpoint, ``state/`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import recipes as recipes_mod
+from ..adapter import AgainModel
+from ..data import NUM_CLASSES, ArrayDataset, TensorLoader, load_dataset
+from ..errors import ConfigError, DataError
+from ..evaluation import accuracy
+from ..factory import build_model
+from ..hub import model_config, save_pretrained
+from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
+from ..recipes import Recipe
+from .awp import AWP
+from .checkpoint import STATE, load_state, save_state
+from .methods import METHODS, StepContext
+from .schedule import lr_factor
+
+DATASET_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _split_val(ds: ArrayDataset, n_val: int, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+    if n_val == 0:
+        return ds, None
+    if n_val >= len(ds):
+        raise ConfigError(f"data.val_size={n_val} leaves no training data ({len(ds)} images)")
+    order = np.random.default_rng(seed).permutation(len(ds))
+    tr, va = np.sort(order[n_val:]), np.sort(order[:n_val])
+    mk = lambda idx, split: ArrayDataset(ds.x[idx], ds.y[idx], ds.classes, ds.name, split, ds.source, ds.lossless, ds.notes)
+    return mk(tr, "train"), mk(va, "val")
+
+
+def _to_tensor(ds: ArrayDataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(ds.x[:n]).permute(0, 3, 1, 2).float().div(255)
+    return x, torch.from_numpy(ds.y[:n])
+
+
+def _model_args(recipe: Recipe, train: ArrayDataset) -> dict[str, Any]:
+    mean, std = DATASET_STATS.get(recipe.data.dataset, (None, None))
+    if mean is None:  # datasets without published statistics: measure them
+        pix = train.x.reshape(-1, train.x.shape[-1]).astype(np.float64) / 255
+        mean, std = tuple(float(v) for v in pix.mean(0)), tuple(float(max(v, 1e-3)) for v in pix.std(0))
+    overlay = {"input_size": (train.x.shape[3], train.x.shape[1], train.x.shape[2]), "mean": tuple(mean), "std": tuple(std)}
+    args = dict(recipe.model.kwargs)
+    args["pretrained_cfg_overlay"] = {**overlay, **args.get("pretrained_cfg_overlay", {})}
+    return args
+
+
+def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> torch.nn.Module:
+    a = recipe.model.again
+    again = None
+    if a.enabled:
+        again = {"layer": a.layer, "alpha": a.alpha, "hff": a.hff, "aux_weight": a.aux_weight,
+                 "per_sample_gammas": a.per_sample_gammas}
+    return build_model(recipe.model.arch, num_classes, again, **model_args)
+
+
+def _optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    o = recipe.optimizer
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": False}
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov and o.momentum > 0, **fast)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, **fast)
+
+
+def _plot_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] + 1 for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, style in (("train_clean_acc", "C0--"), ("test_clean_acc", "C0-"), ("train_robust_acc", "C3--"),
+                       ("test_robust_acc", "C3-"), ("val_robust_acc", "C2:")):
+        pts = [(e, r[key]) for e, r in zip(ep, rows) if r.get(key) is not None]
+        if pts:
+            ax1.plot(*zip(*pts), style, label=key.replace("_acc", ""))
+    ax1.set(xlabel="epoch", ylabel="accuracy", title="clean / PGD accuracy")
+    ax1.legend(fontsize=8)
+    ax2.plot(ep, [r["train_loss"] for r in rows], "k-")
+    ax2.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    fig.tight_layout()
+    atomic_write(run_dir / "curves.png", lambda p: fig.savefig(p, format="png", dpi=90))
+    plt.close(fig)
+
+
+def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None = None, device: str | None = None,
+          data_dir: str | None = None, overrides: list[str] | None = None, progress: bool = True) -> Path:
+    """Train a recipe (or resume ``resume``, a run dir) and return the run directory."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "recipe.yaml").exists():
+            raise ConfigError(f"cannot resume: {run_dir} has no recipe.yaml (not a run directory)")
+        recipe = recipes_mod.load(run_dir / "recipe.yaml", overrides)
+    elif recipe is None:
+        raise ConfigError("give a recipe to train, or --resume RUN_DIR")
+    elif not isinstance(recipe, Recipe):
+        recipe = recipes_mod.load(recipe, overrides)
+    if data_dir is not None:
+        recipe.data.data_dir = data_dir
+    dev = resolve_device(device)
+    if resume is None:
+        run_dir = Path(recipe.output_dir) / recipe.name
+        if (run_dir / STATE).exists() or (run_dir / "metrics.jsonl").exists():
+            raise ConfigError(f"run dir {run_dir} already holds a run; resume it with --resume {run_dir} "
+                              f"or pick another output_dir (--set output_dir=...)")
+
+    # data first: a missing dataset fails before any other work
+    d = recipe.data
+    full = load_dataset(d.dataset, "train", d.data_dir, d.source, d.download)
+    train_ds, val_ds = _split_val(full, d.val_size, recipe.seed)
+    try:
+        test_ds: ArrayDataset | None = load_dataset(d.dataset, "test", d.data_dir, d.source, d.download)
+    except DataError:
+        test_ds = None
+    num_classes = NUM_CLASSES[d.dataset]
+
+    torch.manual_seed(recipe.seed)
+    model_args = _model_args(recipe, train_ds)
+    model = make_model(recipe, num_classes, model_args).to(dev)
+    use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and dev.type == "cuda")
+    if use_bf16 and dev.type != "cuda":
+        raise ConfigError("precision=bf16 needs a CUDA device; CPU training runs in fp32")
+    channels_last = dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(recipe, model, dev)
+    loader = TensorLoader(train_ds.x, train_ds.y, recipe.batch_size, dev, shuffle=True, augment=d.augment,
+                          drop_last=len(train_ds) >= 2 * recipe.batch_size, seed=recipe.seed, channels_last=channels_last)
+    method = METHODS[recipe.method.name]
+    awp_cfg = recipe.method.awp
+    awp = None
+    if awp_cfg is not None:
+        proxy = make_model(recipe, num_classes, model_args).to(dev)
+        awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr)
+    rng = random.Random(recipe.seed)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    again_on = isinstance(model, AgainModel)
+    label_names = list(full.classes)
+    config = model_config(model, label_names, {"recipe": recipe.to_dict()})
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    counters: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_robust": -1.0, "best_epoch": None}
+    if resume is not None and (run_dir / STATE).exists():
+        counters, loader_state = load_state(run_dir, model, optimizer, rng, dev)
+        loader.load_state_dict(loader_state)
+        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < counters["epoch"]]
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(__import__("json").dumps(r) + "\n" for r in kept))
+    else:
+        atomic_write_text(run_dir / "recipe.yaml", recipes_mod.dump(recipe))
+        (run_dir / "metrics.jsonl").touch()
+
+    steps_per_epoch = len(loader)
+    total = recipe.epochs * steps_per_epoch
+    monitor = {
+        "val": _to_tensor(val_ds, recipe.eval.n_val) if val_ds is not None and recipe.eval.n_val else None,
+        "test": _to_tensor(test_ds, recipe.eval.n_test) if test_ds is not None and recipe.eval.n_test else None,
+        "train": _to_tensor(train_ds, recipe.eval.n_train) if recipe.eval.n_train else None,
+    }
+    eps = recipe.attack.eps
+    bar = tqdm(total=total, initial=counters["step"], disable=not progress, unit="step", dynamic_ncols=True,
+               desc=recipe.name)
+    for epoch in range(counters["epoch"], recipe.epochs):
+        model.train()
+        p_again = recipe.model.again.schedule.probability(epoch, recipe.epochs) if again_on else 0.0
+        use_awp = awp is not None and epoch >= awp_cfg.warmup_epochs
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev)
+        seen, again_batches, t0, window_t, window_n = 0, 0, time.time(), time.time(), 0
+        for i, (x, y) in enumerate(loader):
+            step = counters["step"]
+            for g in optimizer.param_groups:
+                g["lr"] = recipe.optimizer.lr * lr_factor(recipe.lr_schedule, step / steps_per_epoch, recipe.epochs)
+            again = again_on and rng.random() < p_again
+            again_batches += again
+            ctx = StepContext(model, recipe.attack, again, recipe.model.again.aux_weight,
+                              recipe.method.beta if recipe.method.beta is not None else method.default_beta, autocast)
+            x_adv = method.craft(ctx, x, y)
+            diff = awp.perturbation(ctx, method, x, y, x_adv) if use_awp else None
+            if diff is not None:
+                awp.apply(diff, +1.0)
+            model.train()
+            with autocast():
+                loss, logits = method.loss(ctx, model, x, y, x_adv)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if diff is not None:
+                awp.apply(diff, -1.0)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            window_n += len(y)
+            counters["step"] = step + 1
+            bar.update(1)
+            if (i + 1) % recipe.log_every == 0 or i + 1 == steps_per_epoch:
+                now = time.time()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss_sum) / seen:.3f}",
+                                acc=f"{float(correct) / seen:.3f}", img_s=f"{window_n / max(now - window_t, 1e-9):.0f}")
+                window_t, window_n = now, 0
+        train_time = time.time() - t0
+        row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "p_again": round(p_again, 4),
+                               "again_batches": again_batches, "train_loss": float(loss_sum) / max(1, seen),
+                               "train_adv_acc": float(correct) / max(1, seen), "train_time_s": round(train_time, 3),
+                               "images_per_s": round(seen / max(train_time, 1e-9), 1)}
+        if (epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.epochs:
+            for split, data in monitor.items():
+                if data is None:
+                    continue
+                row[f"{split}_clean_acc"] = accuracy(model, *data)
+                row[f"{split}_robust_acc"] = accuracy(model, *data, eps=eps, steps=recipe.eval.attack_steps, seed=epoch)
+        append_jsonl(run_dir / "metrics.jsonl", row)
+        val_r = row.get("val_robust_acc")
+        if val_r is not None and val_r > counters["best_val_robust"]:
+            counters.update(best_val_robust=val_r, best_epoch=epoch)
+            save_pretrained(model, run_dir / "best", {**config, "epoch": epoch, "selected_by": "val_robust_acc"})
+        save_pretrained(model, run_dir, {**config, "epoch": epoch})
+        counters["epoch"] = epoch + 1
+        save_state(run_dir, model, optimizer, rng, loader.state_dict(), counters)
+        _plot_curves(run_dir, read_jsonl(run_dir / "metrics.jsonl"))
+    bar.close()
+    return run_dir
