@@ -14,7 +14,7 @@ import typer
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="AGAIN adversarial training, robustness evaluation and the againzoo model zoo.")
 
 

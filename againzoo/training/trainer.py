@@ -11,6 +11,7 @@ test set and on a training subset (for the generalisation gaps of Fig. 3), then 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
 from ..recipes import Recipe
 from .awp import AWP
 from .checkpoint import STATE, load_state, save_state
-from .methods import METHODS, StepContext
+from .methods import METHODS, Method, StepContext
 from .schedule import lr_factor
 
 DATASET_STATS = {
@@ -85,7 +86,7 @@ def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> 
     return build_model(recipe.model.arch, num_classes, again, **model_args)
 
 
-def _optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     o = recipe.optimizer
     fast = {"fused": True} if device.type == "cuda" else {"foreach": False}
     if o.name == "sgd":
@@ -114,6 +115,25 @@ def _plot_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     atomic_write(run_dir / "curves.png", lambda p: fig.savefig(p, format="png", dpi=90))
     plt.close(fig)
+
+
+def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, awp: AWP | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: craft, (AWP perturb), loss, backward, step, (AWP restore)."""
+    model = ctx.model
+    x_adv = method.craft(ctx, x, y)
+    diff = awp.perturbation(ctx, method, x, y, x_adv) if awp is not None else None
+    if diff is not None:
+        awp.apply(diff, +1.0)
+    model.train()
+    with ctx.autocast():
+        loss, logits = method.loss(ctx, model, x, y, x_adv)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if diff is not None:
+        awp.apply(diff, -1.0)
+    return loss.detach(), logits.detach()
 
 
 def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None = None, device: str | None = None,
@@ -156,7 +176,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     channels_last = dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(recipe, model, dev)
+    optimizer = make_optimizer(recipe, model, dev)
     loader = TensorLoader(train_ds.x, train_ds.y, recipe.batch_size, dev, shuffle=True, augment=d.augment,
                           drop_last=len(train_ds) >= 2 * recipe.batch_size, seed=recipe.seed, channels_last=channels_last)
     method = METHODS[recipe.method.name]
@@ -173,11 +193,13 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
 
     run_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_robust": -1.0, "best_epoch": None}
-    if resume is not None and (run_dir / STATE).exists():
-        counters, loader_state = load_state(run_dir, model, optimizer, rng, dev)
-        loader.load_state_dict(loader_state)
+    if resume is not None:
+        if (run_dir / STATE).exists():
+            counters, loader_state = load_state(run_dir, model, optimizer, rng, dev)
+            loader.load_state_dict(loader_state)
+        # drop lines of epochs that will be re-run (written after the last saved state)
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < counters["epoch"]]
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(__import__("json").dumps(r) + "\n" for r in kept))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
     else:
         atomic_write_text(run_dir / "recipe.yaml", recipes_mod.dump(recipe))
         (run_dir / "metrics.jsonl").touch()
@@ -207,20 +229,9 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
             again_batches += again
             ctx = StepContext(model, recipe.attack, again, recipe.model.again.aux_weight,
                               recipe.method.beta if recipe.method.beta is not None else method.default_beta, autocast)
-            x_adv = method.craft(ctx, x, y)
-            diff = awp.perturbation(ctx, method, x, y, x_adv) if use_awp else None
-            if diff is not None:
-                awp.apply(diff, +1.0)
-            model.train()
-            with autocast():
-                loss, logits = method.loss(ctx, model, x, y, x_adv)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if diff is not None:
-                awp.apply(diff, -1.0)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             window_n += len(y)
             counters["step"] = step + 1

@@ -1,0 +1,20 @@
+"""The benchmarks run at a tiny size so they cannot rot (speed itself is not asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_throughput_benchmark_runs(tmp_path):
+    out = tmp_path / "train.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--batch", "8",
+                          "--steps", "1", "--warmup", "0", "--attack-steps", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert [r["variant"] for r in data["results"]] == ["pgd_at", "again_pgd_at"]
+    assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in data["results"])
+    assert "AGAIN overhead" in res.stdout
