@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="AGAIN adversarial training, robustness evaluation and the againzoo model zoo.")
@@ -44,6 +44,42 @@ def train(
 
     run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=not quiet)
     typer.echo(f"run dir: {run_dir}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    source: str = typer.Argument(..., help="run directory (its best/ checkpoint by default) or checkpoint dir"),
+    suite: str = typer.Option("quick", "--suite", help="quick, paper or full"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    n_examples: int = typer.Option(1000, "--n-examples", "-n"),
+    eps: Optional[str] = typer.Option(None, "--eps", help="budget, e.g. 8/255 (default: the training recipe's)"),
+    split: Optional[str] = typer.Option(None, "--split", help="test or test_lossless (default: lossless if available)"),
+    last: bool = typer.Option(False, "--last", help="evaluate the last epoch instead of best/"),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
+    from .evaluation import evaluate_checkpoint, markdown_table
+    from .recipes import parse_number
+
+    try:
+        eps_value = None if eps is None else float(parse_number(eps))
+    except ValueError as e:
+        raise ConfigError(f"--eps: {e}") from None
+    result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
+                                       "last" if last else "best", progress=not quiet)
+    d = result["data"]
+    typer.echo(f"{result['suite']} suite, eps={result['eps']:.5f} ({result['norm']}), {d['n']} images of "
+               f"{d['name']}/{d['split']} ({'lossless' if d.get('lossless') else 'lossy JPEG-75'})")
+    typer.echo(markdown_table(result))
+    for f in result["flags"]:
+        if not f["passed"]:
+            typer.echo(f"FLAG {f['check']}: {f['detail']}")
+    if result.get("autoattack"):
+        typer.echo(f"note: {result['autoattack']}")
+    typer.echo(f"wrote {wdir / 'eval.json'}")
 
 
 @app.command("recipes")

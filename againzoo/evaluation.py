@@ -1,41 +1,66 @@
-"""Robustness evaluation.
+"""Robustness evaluation: attack suites, per-example worst case, soundness checks, eval.json.
 
-For AGAIN models the white-box attack targets the joint loss of Eq. 7 (main + ASE logits), the
-paper's adaptive protocol of section 5.2.2; attacking only the final logits overstates AGAIN
-models because the ASE gate is an argmax.
+Suites (L-inf or L2, budget ``eps``):
+
+* ``quick``: APGD-CE and APGD-T (DLR, 9 targets), plus their adaptive variants for gated models.
+* ``paper``: the columns of the paper's tables, Clean, PGD-10/20/50/100, C&W-inf (PGD on the
+  margin loss, 30 steps) and AutoAttack "standard" as APGD-CE + APGD-T + Square (Croce & Hein 2020;
+  FAB-T is not implemented here, which the result states). For AGAIN models the white-box attacks
+  use the joint loss (the paper's protocol, section 5.2.2), and a non-adaptive PGD-20 on the main
+  logits is added to measure how much a naive evaluation overstates robustness.
+* ``full``: ``paper`` + every adaptive variant (standard, joint, straight-through gate) of every
+  white-box attack, + the gate-targeted attack.
+
+Each white-box attack runs on every clean-correct example; Square runs last, on the examples that
+every white-box attack failed on (as in AutoAttack). A column's accuracy is the per-example worst
+case over its variants; ``worst_case_acc`` is the per-example worst case over the whole suite.
+Attacks run in fp32 with the model in eval mode; all randomness comes from seeded generators.
 """
 
 from __future__ import annotations
 
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from . import __version__
 from .adapter import AgainModel
-from .attacks.pgd import pgd
+from .attacks import adaptive as A
+from .attacks.apgd import apgd, apgd_targeted
+from .attacks.pgd import fgsm, pgd
+from .attacks.square import square
+from .errors import ConfigError
 
+SUITES = ("quick", "paper", "full")
+PAPER_COLUMNS = ("Clean", "PGD-10", "PGD-20", "PGD-50", "PGD-100", "C&W", "AA")
+AUTOATTACK_NOTE = ("AutoAttack (Croce & Hein 2020) standard = APGD-CE + APGD-T + FAB-T + Square; APGD and Square "
+                   "are reimplemented in againzoo after the papers; FAB-T is not implemented, so the AA column is "
+                   "APGD-CE + APGD-T + Square")
+
+
+# -- small helpers used by training too ------------------------------------------------------
 
 def logits_and_aux(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eval-mode forward of any model: ``(logits, aux_logits or None)``."""
-    if isinstance(model, AgainModel):
-        return model(x, return_aux=True)
-    return model(x), None
+    return A.forward(model, x)
 
 
-def joint_ce(model: nn.Module, y: torch.Tensor):
+def joint_ce(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-example CE of the main logits, plus the ASE term for AGAIN models (Eq. 7)."""
-    def loss(x: torch.Tensor) -> torch.Tensor:
-        logits, aux = logits_and_aux(model, x)
-        out = F.cross_entropy(logits, y, reduction="none")
-        if aux is not None:
-            out = out + model.aux_weight * F.cross_entropy(aux, y, reduction="none")
-        return out
-    return loss
+    obj = A.objective(model, y, "ce", "joint")
+    return lambda x: obj(x)[0]
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
@@ -44,15 +69,396 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     joint loss for AGAIN models), in eval mode and fp32. Returns a fraction in [0, 1]."""
     was = model.training
     model.eval()
-    dev = next(model.parameters()).device
+    dev = _device(model)
     gen = torch.Generator(device=dev).manual_seed(seed)
     correct = 0
     try:
         for i in range(0, len(y), batch_size):
             xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
             if eps > 0:
-                xb = pgd(joint_ce(model, yb), xb, eps, step_size or eps / 4, steps, generator=gen)
-            correct += int((_predict(model, xb) == yb).sum())
+                xb = pgd(A.objective(model, yb, "ce", "joint"), xb, eps, step_size or eps / 4, steps,
+                         generator=gen, y=yb)
+            with torch.no_grad():
+                correct += int((model(xb).argmax(1) == yb).sum())
     finally:
         model.train(was)
     return correct / max(1, len(y))
+
+
+# -- suites ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack run of a suite."""
+
+    column: str  # the result column it counts towards (PGD-20, C&W, AA, ...)
+    kind: str  # fgsm | pgd | apgd_ce | apgd_t | square | gate
+    mode: str = "standard"  # standard | joint | st | gate (see againzoo.attacks.adaptive)
+    steps: int = 10
+    loss: str = "ce"
+    restarts: int = 1
+    n_targets: int = 9
+    queries: int = 5000
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.column
+
+    def settings(self, eps: float, norm: str) -> dict[str, Any]:
+        s = {"kind": self.kind, "mode": self.mode, "eps": eps, "norm": norm}
+        if self.kind in ("pgd", "gate"):
+            s.update(steps=self.steps, step_size=eps / 4, loss=self.loss, restarts=self.restarts, random_start=True)
+        elif self.kind == "fgsm":
+            s.update(steps=1, step_size=eps, loss=self.loss)
+        elif self.kind == "apgd_ce":
+            s.update(n_iter=self.steps, loss="ce", restarts=self.restarts)
+        elif self.kind == "apgd_t":
+            s.update(n_iter=self.steps, loss="dlr_targeted", n_targets=self.n_targets)
+        elif self.kind == "square":
+            s.update(n_queries=self.queries, p_init=0.8, loss="margin", black_box=True,
+                     run_on="examples robust to every white-box attack of the suite")
+        return s
+
+
+def _named(spec: AttackSpec, multi_mode: bool) -> AttackSpec:
+    label = f"{spec.column} [{spec.mode}]" if multi_mode else spec.column
+    if spec.kind in ("apgd_ce", "apgd_t"):
+        base = "APGD-CE" if spec.kind == "apgd_ce" else "APGD-T"
+        label = f"{base} [{spec.mode}]" if multi_mode else base
+    return AttackSpec(**{**asdict(spec), "label": label})
+
+
+def suite_specs(suite: str, model: nn.Module, aa_iter: int = 100, square_queries: int = 5000,
+                n_targets: int = 9, pgd_steps: tuple[int, ...] = (10, 20, 50, 100), cw_steps: int = 30) -> list[AttackSpec]:
+    """The attacks of ``suite`` for ``model`` (adaptive variants depend on what the model exposes)."""
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    modes = A.available_modes(model)
+    white_modes = [m for m in modes if m != "gate"]
+    multi = len(modes) > 1
+    primary = "joint" if A.is_again(model) else "standard"
+    specs: list[AttackSpec] = []
+
+    def white(column: str, kind: str, steps: int, loss: str = "ce", which: list[str] | None = None) -> None:
+        for m in which or [primary]:
+            specs.append(_named(AttackSpec(column, kind, m, steps, loss, n_targets=n_targets), multi))
+
+    if suite == "quick":
+        white("APGD", "apgd_ce", aa_iter, which=white_modes)
+        white("APGD", "apgd_t", aa_iter, "dlr_t", which=white_modes)
+        if "gate" in modes:
+            specs.append(_named(AttackSpec("gate", "gate", "gate", 50), multi))
+        return specs
+    variants = white_modes if suite == "full" else [primary]
+    for k in pgd_steps:
+        white(f"PGD-{k}", "pgd", k, which=variants)
+    white("C&W", "pgd", cw_steps, "margin", which=variants)
+    white("AA", "apgd_ce", aa_iter, which=variants)
+    white("AA", "apgd_t", aa_iter, "dlr_t", which=variants)
+    if suite == "paper" and A.is_again(model):  # the naive, non-adaptive reference
+        specs.append(AttackSpec("PGD-20", "pgd", "standard", 20, label="PGD-20 [standard]"))
+    if suite == "full" and "gate" in modes:
+        specs.append(_named(AttackSpec("gate", "gate", "gate", max(pgd_steps)), multi))
+    specs.append(AttackSpec("AA", "square", "standard", queries=square_queries, label="Square"))
+    return specs
+
+
+def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+               generator: torch.Generator) -> torch.Tensor:
+    """Adversarial examples of one spec for one batch."""
+    logits_fn = lambda z: model(z)
+    with A.mode_context(model, spec.mode):
+        if spec.kind == "square":
+            if norm != "Linf":
+                raise ConfigError("Square is implemented for L-inf only")
+            return square(logits_fn, x, y, eps, spec.queries, generator=generator)
+        if spec.kind == "gate":
+            return A.gate_targeted(model, x, y, eps, spec.steps, eps / 4, norm, generator)
+        if spec.kind == "apgd_t":
+            make = lambda idx, t: A.objective(model, y[idx], "dlr_t", spec.mode, t)
+            return apgd_targeted(make, logits_fn, x, y, eps, spec.steps, spec.n_targets, norm, generator)
+        obj = A.objective(model, y, spec.loss, spec.mode)
+        if spec.kind == "fgsm":
+            return fgsm(obj, x, eps, norm, y=y)
+        out = x
+        alive = torch.ones(len(y), dtype=torch.bool, device=x.device)
+        for _ in range(spec.restarts):
+            idx = alive.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            sub = A.objective(model, y[idx], spec.loss, spec.mode)
+            if spec.kind == "apgd_ce":
+                adv = apgd(sub, x[idx], y[idx], eps, spec.steps, norm, generator=generator)
+            else:
+                adv = pgd(sub, x[idx], eps, eps / 4, spec.steps, norm, True, generator, y=y[idx])
+            out = out.clone() if out is x else out
+            out[idx] = adv
+            with torch.no_grad():
+                alive[idx] = model(adv).argmax(1) == y[idx]
+        return out
+
+
+# -- soundness checks -------------------------------------------------------------------------
+
+def _tol(acc: float, n: int) -> float:
+    """Noise tolerance of an accuracy on n examples: 1.96 standard errors, at least half a point."""
+    return max(0.005, 1.96 * math.sqrt(max(acc * (1 - acc), 1.0 / n) / max(n, 1)))
+
+
+def _flag(check: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"check": check, "passed": bool(passed), "detail": detail}
+
+
+def _batched_correct(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+                     batch_size: int, gen: torch.Generator, tick: Callable[[], None]) -> torch.Tensor:
+    out = torch.zeros(len(y), dtype=torch.bool)
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        adv = run_attack(spec, model, xb, yb, eps, norm, gen)
+        with torch.no_grad():
+            out[i:i + batch_size] = (model(adv).argmax(1) == yb).cpu()
+        tick()
+    return out
+
+
+def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, num_classes: int,
+                     batch_size: int, seed: int, whitebox_ok: torch.Tensor | None = None,
+                     square_gain: float | None = None, square_queries: int = 1000,
+                     progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The Carlini et al. 2019 / AutoAttack sanity checks, on the (clean-correct) examples ``x``,
+    with non-adaptive attacks on the main logits: they diagnose what a naive evaluation sees."""
+    n = len(y)
+    flags: list[dict[str, Any]] = []
+    numbers: dict[str, Any] = {"n": n}
+    if n == 0:
+        return [_flag("examples", False, "no correctly classified examples to check")], numbers
+    gen = torch.Generator(device=x.device).manual_seed(seed + 1)
+    large = 0.5 if norm == "Linf" else 16.0
+    scales = (0.25, 0.5, 1.0, 2.0, 4.0)
+    runs = [("FGSM", AttackSpec("FGSM", "fgsm"), eps), ("PGD-10", AttackSpec("PGD-10", "pgd", steps=10), eps),
+            ("PGD-50", AttackSpec("PGD-50", "pgd", steps=50), eps)]
+    runs += [(f"PGD-20@{s:g}eps", AttackSpec("PGD-20", "pgd", steps=20), s * eps) for s in scales]
+    runs += [(f"PGD-20@large", AttackSpec("PGD-20", "pgd", steps=20), large)]
+    bar = tqdm(total=len(runs) * math.ceil(n / batch_size), desc="soundness checks", disable=not progress, leave=False)
+    acc: dict[str, float] = {}
+    ok_all = torch.ones(n, dtype=torch.bool)
+    for name, spec, e in runs:
+        ok = _batched_correct(model, spec, x, y, e, norm, batch_size, gen, lambda: bar.update(1))
+        acc[name] = float(ok.float().mean())
+        if e == eps:
+            ok_all &= ok
+    bar.close()
+    numbers["accuracy"] = acc
+
+    sweep = [acc[f"PGD-20@{s:g}eps"] for s in scales] + [acc["PGD-20@large"]]
+    worst_rise = max(b - a for a, b in zip(sweep, sweep[1:]))
+    flags.append(_flag("accuracy_decreases_with_eps", worst_rise <= _tol(max(sweep), n),
+                       f"PGD-20 accuracy at eps x {list(scales)} and {large}: {[round(v, 4) for v in sweep]}"))
+    chance = 1.0 / num_classes
+    flags.append(_flag("chance_at_large_eps", acc["PGD-20@large"] <= chance + _tol(chance, n),
+                       f"PGD-20 at eps={large}: {acc['PGD-20@large']:.4f} (chance {chance:.4f})"))
+    flags.append(_flag("more_steps_do_not_help", acc["PGD-50"] <= acc["PGD-10"] + _tol(acc["PGD-10"], n),
+                       f"PGD-10 {acc['PGD-10']:.4f} vs PGD-50 {acc['PGD-50']:.4f}"))
+    flags.append(_flag("iterative_beats_single_step", acc["PGD-10"] <= acc["FGSM"] + _tol(acc["FGSM"], n),
+                       f"FGSM {acc['FGSM']:.4f} vs PGD-10 {acc['PGD-10']:.4f}"))
+
+    if square_gain is None:  # the suite ran no Square: run a short one on what the white-box attacks left
+        wb_ok = ok_all if whitebox_ok is None else (ok_all & whitebox_ok)
+        idx = wb_ok.nonzero().squeeze(1)
+        fooled = 0
+        if idx.numel():
+            sq = AttackSpec("Square", "square", queries=square_queries)
+            for i in range(0, idx.numel(), batch_size):
+                sub = idx[i:i + batch_size]
+                adv = run_attack(sq, model, x[sub], y[sub], eps, norm, gen)
+                with torch.no_grad():
+                    fooled += int((model(adv).argmax(1) != y[sub]).sum())
+        square_gain = fooled / n
+        numbers["square_queries"] = square_queries
+    numbers["square_gain"] = square_gain
+    flags.append(_flag("whitebox_beats_square", square_gain <= 0.005,
+                       f"Square fooled {100 * square_gain:.2f}% of the examples every white-box attack missed"
+                       " (flagged above 0.5 points)"))
+
+    xg = x[:batch_size].clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(xg), y[:batch_size], reduction="sum")
+        g = torch.autograd.grad(loss, xg)[0]
+    zero = float((g.flatten(1).abs().amax(1) == 0).float().mean())
+    numbers["zero_gradient_fraction"] = zero
+    flags.append(_flag("no_zero_gradients", zero <= 0.01,
+                       f"{100 * zero:.1f}% of examples have an exactly zero input gradient of the CE loss"))
+    with torch.no_grad():
+        a, b = model(x[:batch_size]), model(x[:batch_size])
+    flags.append(_flag("deterministic_logits", torch.equal(a, b), "two forward passes of the same batch are "
+                       + ("identical" if torch.equal(a, b) else f"different (max diff {float((a - b).abs().max()):.2e})")))
+    training = [n for n, m in model.named_modules() if m.training]
+    flags.append(_flag("eval_mode", not training, "all modules in eval mode" if not training
+                       else f"modules in training mode: {training[:5]}"))
+    return flags, numbers
+
+
+# -- the evaluation --------------------------------------------------------------------------
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "quick", eps: float = 8 / 255,
+             norm: str = "Linf", batch_size: int = 256, seed: int = 0, n_check: int = 200, checks: bool = True,
+             progress: bool = True, data: dict[str, Any] | None = None, reference: dict[str, Any] | None = None,
+             **suite_kw: Any) -> dict[str, Any]:
+    """Run ``suite`` on ``(x, y)`` (float [0, 1] NCHW, int labels); returns the eval.json dict.
+
+    ``suite_kw`` tunes the budgets (``aa_iter``, ``square_queries``, ``n_targets``, ``pgd_steps``,
+    ``cw_steps``) for quick runs; the defaults are the standard ones.
+    """
+    t0 = time.time()
+    model.eval()
+    dev = _device(model)
+    num_classes = int(getattr(model, "num_classes", 0)) or None
+    x, y = x.to(dev).float(), y.to(dev).long()
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    specs = suite_specs(suite, model, **suite_kw)
+    with torch.no_grad():
+        clean_ok = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
+                              for i in range(0, len(y), batch_size)])
+    idx = clean_ok.nonzero().squeeze(1).to(dev)
+    xc, yc = x[idx], y[idx]
+    n = len(y)
+    batches = math.ceil(len(idx) / batch_size) if len(idx) else 0
+    bar = tqdm(total=len(specs) * batches, desc=f"{suite} suite", disable=not progress)
+    correct: dict[str, torch.Tensor] = {}
+    attacks: dict[str, Any] = {}
+    whitebox_ok = torch.ones(len(idx), dtype=torch.bool)
+    square_gain = None
+    for spec in specs:
+        if spec.kind == "square":
+            sub = whitebox_ok.nonzero().squeeze(1)
+            ok = torch.ones(len(idx), dtype=torch.bool)
+            if sub.numel():
+                ok[sub] = _batched_correct(model, spec, xc[sub.to(dev)], yc[sub.to(dev)], eps, norm, batch_size, gen,
+                                           lambda: bar.update(1))
+            bar.update(max(0, batches - math.ceil(sub.numel() / batch_size)))
+            square_gain = float((~ok).sum()) / max(1, n)
+            ok = ok & whitebox_ok  # cumulative, as AutoAttack reports it
+        else:
+            ok = _batched_correct(model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1))
+            whitebox_ok &= ok
+        correct[spec.name] = ok
+        attacks[spec.name] = {"acc": float(ok.sum()) / n, "column": spec.column, "settings": spec.settings(eps, norm)}
+    bar.close()
+
+    def worst(names: list[str]) -> float:
+        ok = torch.ones(len(idx), dtype=torch.bool)
+        for k in names:
+            ok &= correct[k]
+        return float(ok.sum()) / n
+
+    columns: dict[str, float] = {"Clean": float(clean_ok.sum()) / n}
+    for spec in specs:
+        columns.setdefault(spec.column, worst([s.name for s in specs if s.column == spec.column]))
+    worst_case = worst(list(correct))
+    result: dict[str, Any] = {
+        "data": data or {"n": n},
+        "eps": eps,
+        "norm": norm,
+        "suite": suite,
+        "clean_acc": columns["Clean"],
+        "attacks": attacks,
+        "columns": columns,
+        "worst_case_acc": worst_case,
+    }
+    if A.is_again(model) or A.has_gate(model):
+        naive = [s.name for s in specs if s.mode == "standard" and s.kind != "square"]
+        if naive:
+            result["non_adaptive_acc"] = worst(naive)
+            result["adaptive_gap"] = result["non_adaptive_acc"] - worst_case
+    flags: list[dict[str, Any]] = []
+    if "adaptive_gap" in result:
+        gap = result["adaptive_gap"]
+        flags.append(_flag("adaptive_gap", gap <= 0.01, f"non-adaptive attacks (main logits only) leave "
+                           f"{100 * result['non_adaptive_acc']:.2f}%, the adaptive suite {100 * worst_case:.2f}%: "
+                           f"a naive evaluation overstates robustness by {100 * gap:.2f} points"))
+    check_numbers: dict[str, Any] = {}
+    if checks:
+        k = min(n_check, len(idx))
+        sq = square_gain if any(s.kind == "square" for s in specs) else None
+        f2, check_numbers = soundness_checks(model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1,
+                                             batch_size, seed, whitebox_ok[:k], sq, progress=progress)
+        flags += f2
+    result["flags"] = flags
+    result["checks"] = check_numbers
+    result["masking_suspected"] = any(not f["passed"] for f in flags if f["check"] in (
+        "chance_at_large_eps", "more_steps_do_not_help", "iterative_beats_single_step", "whitebox_beats_square",
+        "no_zero_gradients", "adaptive_gap", "accuracy_decreases_with_eps"))
+    result["autoattack"] = AUTOATTACK_NOTE if "AA" in columns else None
+    result["reference"] = reference
+    result["runtime"] = {"seconds": round(time.time() - t0, 2), "device": str(dev),
+                         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+                         "precision": "fp32", "seed": seed, "batch_size": batch_size,
+                         "againzoo_version": __version__, "torch": torch.__version__,
+                         "date": time.strftime("%Y-%m-%d")}
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The paper's columns (those that ran), the worst case, and reference numbers if any."""
+    cols = [c for c in PAPER_COLUMNS if c in result["columns"]] + \
+        [c for c in result["columns"] if c not in PAPER_COLUMNS]
+    head = "| | " + " | ".join(cols) + " | Worst case |"
+    sep = "|---" * (len(cols) + 2) + "|"
+    ours = "| againzoo (measured) | " + " | ".join(f"{100 * result['columns'][c]:.2f}" for c in cols) + \
+        f" | **{100 * result['worst_case_acc']:.2f}** |"
+    lines = [head, sep, ours]
+    ref = result.get("reference")
+    if ref:
+        nums = ref["numbers"]
+        lines.append("| paper (reference) | " + " | ".join(f"{nums[c]:.2f}" if c in nums else "-" for c in cols) + " | - |")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None = None, n_examples: int = 1000,
+                        eps: float | None = None, split: str | None = None, device: str | None = None,
+                        batch_size: int = 256, which: str = "best", progress: bool = True, write: bool = True,
+                        **kw: Any) -> tuple[dict[str, Any], "Path"]:
+    """Evaluate a run directory (``best/`` by default) or a Hub model and write ``eval.json``
+    beside its weights. Returns ``(result, weights directory)``."""
+    import json
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .hub import CONFIG, from_pretrained
+    from .io import atomic_write_json
+    from .references import reference_for
+    from .training.trainer import resolve_device
+
+    path = Path(source)
+    if path.is_dir() and which == "best" and (path / "best" / CONFIG).exists():
+        path = path / "best"
+    dev = resolve_device(device)
+    model, wdir = from_pretrained(str(path) if path.exists() else source, device=dev, return_dir=True)
+    config = json.loads((wdir / CONFIG).read_text())
+    recipe = config.get("recipe") or {}
+    dataset = (recipe.get("data") or {}).get("dataset", "cifar10")
+    data_dir = data_dir or (recipe.get("data") or {}).get("data_dir")
+    if eps is None:
+        eps = float((recipe.get("attack") or {}).get("eps", 8 / 255))
+    if split is None:
+        split = "test"
+        if dataset == "cifar10":
+            try:
+                load_dataset(dataset, "test_lossless", data_dir)
+                split = "test_lossless"
+            except Exception:  # noqa: BLE001 - fall back to the (lossy) full test set
+                split = "test"
+    ds = load_dataset(dataset, split, data_dir)
+    n = min(n_examples, len(ds))
+    x = torch.from_numpy(ds.x[:n]).permute(0, 3, 1, 2).float().div(255)
+    yy = torch.from_numpy(ds.y[:n])
+    ref = reference_for(recipe.get("name")) if suite == "paper" and abs(eps - 8 / 255) < 1e-9 else None
+    data = {**ds.describe(), "n": n, "evaluated": f"first {n} images of {dataset}/{split}"}
+    result = evaluate(model, x, yy, suite, eps, batch_size=batch_size, progress=progress, data=data,
+                      reference=ref, **kw)
+    result["model"] = {"source": str(source), "weights": str(wdir), "architecture": config.get("architecture"),
+                       "again": config.get("again"), "recipe": recipe.get("name"), "epoch": config.get("epoch")}
+    if write:
+        atomic_write_json(wdir / "eval.json", result)
+    return result, wdir

@@ -114,3 +114,13 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
     state, _ = load_tensors(directory / WEIGHTS)
     load_state(model, state, str(directory / WEIGHTS))
     return model.to(device).eval()
+
+
+def from_pretrained(source: str | Path, num_classes: int | None = None, device: str | torch.device = "cpu",
+                    return_dir: bool = False) -> nn.Module | tuple[nn.Module, Path]:
+    """Load a checkpoint directory (strict, eval mode)."""
+    directory = Path(source)
+    if not directory.is_dir():
+        raise CheckpointError(f"{source} is not a checkpoint directory")
+    model = load_local(directory, num_classes, device)
+    return (model, directory) if return_dir else model

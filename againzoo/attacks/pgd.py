@@ -2,7 +2,11 @@
 
 The attack maximises ``loss_fn(x_adv).sum()`` where ``loss_fn`` returns one loss per example, so
 the same routine serves training (against AGAIN's joint loss of Eq. 7), evaluation (CE, margin,
-adaptive losses) and FGSM (one step, no projection needed beyond the budget).
+adaptive losses), FGSM (one step) and C&W-inf (the margin loss).
+
+For evaluation, ``loss_fn`` may return ``(loss, logits)`` and ``y`` be given: then every iterate
+is checked and an example keeps the first iterate that fooled the model (the strongest evidence,
+as AutoAttack does), instead of the last one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Callable
 
 import torch
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 NORMS = ("Linf", "L2")
 
 
@@ -46,6 +50,7 @@ def pgd(
     random_start: bool = True,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Maximise ``loss_fn`` within the ``norm`` ball of radius ``eps`` around ``x`` (images in [0, 1]).
 
@@ -62,13 +67,35 @@ def pgd(
     else:
         delta = torch.zeros_like(x)
     delta = ((x + project(delta, eps, norm)).clamp(0, 1) - x)
-    for _ in range(steps):
+    best: torch.Tensor | None = None
+    fooled: torch.Tensor | None = None
+    track = y is not None
+    for i in range(steps + 1 if track else steps):
         delta.requires_grad_(True)
         with torch.enable_grad():
-            loss = loss_fn(x + delta).sum()
-            (grad,) = torch.autograd.grad(loss, delta)
+            out = loss_fn(x + delta)
+            loss, logits = out if isinstance(out, tuple) else (out, None)
+            grad = torch.autograd.grad(loss.sum(), delta)[0] if i < steps else None
         with torch.no_grad():
+            if track and logits is not None:
+                now = logits.argmax(1) != y
+                if best is None:
+                    best, fooled = (x + delta).detach().clone(), now
+                else:
+                    new = now & ~fooled
+                    best[new] = (x + delta)[new].detach()
+                    fooled = fooled | now
+            if grad is None:
+                break
             g = grad.sign() if norm == "Linf" else _l2_normalize(grad)
-            delta = project(delta + step_size * g, eps, norm)
+            delta = project(delta.detach() + step_size * g, eps, norm)
             delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()
+    x_last = (x + delta).detach()
+    if best is None:
+        return x_last
+    return torch.where(fooled.view(-1, *([1] * (x.ndim - 1))), best, x_last)
+
+
+def fgsm(loss_fn: LossFn, x: torch.Tensor, eps: float, norm: str = "Linf", y: torch.Tensor | None = None) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): one full-budget step from ``x``."""
+    return pgd(loss_fn, x, eps, eps, 1, norm, random_start=False, y=y)
