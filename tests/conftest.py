@@ -37,3 +37,27 @@ def tiny(name: str = "again_resnet18", **kw):
     widths = {"again_resnet18": {"width": 8}, "again_preactresnet18": {"width": 8},
               "again_wrn34_10": {"widen_factor": 1}, "again_vgg16": {"width_mult": 0.125}}
     return againzoo.create_model(name, **{**widths.get(name, {}), **kw})
+
+
+TINY_RUN = ["model.kwargs.width=8", "epochs=3", "data.val_size=100", "eval.n_val=50", "eval.n_test=50",
+            "eval.n_train=50", "attack.steps=3", "eval.attack_steps=3", "log_every=1000"]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Two small digits runs shared by the evaluation tests: AGAIN-PGD-AT and a plain PGD-AT twin."""
+    from againzoo.training import train
+
+    root = tmp_path_factory.mktemp("runs")
+    again = train("quickstart", overrides=[f"output_dir={root / 'again'}", *TINY_RUN], progress=False)
+    plain = train("quickstart", overrides=[f"output_dir={root / 'plain'}", *TINY_RUN, "model.again.enabled=false"],
+                  progress=False)
+    return {"again": again, "plain": plain}
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from againzoo.data import load_dataset
+
+    ds = load_dataset("digits", "test")
+    return torch.from_numpy(ds.x).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(ds.y)

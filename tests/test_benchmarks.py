@@ -18,3 +18,13 @@ def test_train_throughput_benchmark_runs(tmp_path):
     assert [r["variant"] for r in data["results"]] == ["pgd_at", "again_pgd_at"]
     assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in data["results"])
     assert "AGAIN overhead" in res.stdout
+
+
+def test_eval_throughput_benchmark_runs(tmp_path):
+    out = tmp_path / "eval.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_throughput.py"), "--n", "4",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "quick suite", "paper suite"]
+    assert all(r["images_per_s"] > 0 for r in rows)
