@@ -82,6 +82,51 @@ def eval_cmd(
     typer.echo(f"wrote {wdir / 'eval.json'}")
 
 
+@app.command()
+@user_errors
+def push(
+    run_dir: Path = typer.Argument(..., help="run directory (pushes best/ when present) or checkpoint dir"),
+    repo_id: str = typer.Option(..., "--repo-id", help="ORG/NAME on the Hugging Face Hub"),
+    private: bool = typer.Option(False, "--private"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="branch to push to"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the files and the card, push nothing"),
+) -> None:
+    """Push a checkpoint with its eval.json and a generated model card to the Hub."""
+    from .hub import push as push_fn
+
+    plan = push_fn(run_dir, repo_id, private, revision, dry_run)
+    typer.echo(f"{'would push' if dry_run else 'pushed'} to {plan['repo_id']}"
+               f"{' (private)' if private else ''}{f' @ {revision}' if revision else ''}:")
+    for name in plan["files"]:
+        size = plan["sizes"].get(name)
+        typer.echo(f"  {name}" + (f"  ({size:,} bytes)" if size is not None else "  (generated model card)"))
+    if dry_run:
+        typer.echo("--- README.md ---")
+        typer.echo(plan["card"])
+    else:
+        typer.echo(plan["commit"])
+
+
+@app.command()
+@user_errors
+def card(
+    run_dirs: List[Path] = typer.Argument(..., help="evaluated run directories"),
+    output: Path = typer.Option(Path("MODEL_CARD.md"), "--output", "-o"),
+    readme: bool = typer.Option(False, "--readme", help="also write each checkpoint's Hub README.md"),
+) -> None:
+    """Regenerate MODEL_CARD.md (and optionally per-checkpoint README.md cards) from run dirs."""
+    from .card import load_checkpoint_info, model_card, zoo_card
+    from .io import atomic_write_text
+
+    atomic_write_text(output, zoo_card(list(run_dirs)))
+    typer.echo(f"wrote {output}")
+    if readme:
+        for d in run_dirs:
+            target = load_checkpoint_info(d)["dir"] / "README.md"
+            atomic_write_text(target, model_card(d))
+            typer.echo(f"wrote {target}")
+
+
 @app.command("recipes")
 @user_errors
 def list_recipes() -> None:

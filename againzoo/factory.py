@@ -81,16 +81,22 @@ def build_model(arch: str, num_classes: int, again: dict[str, Any] | None = None
     return AgainModel(backbone, **again)
 
 
-def create_model(name: str, num_classes: int = 10, pretrained: bool | str = False, **kwargs: Any) -> AgainModel:
+def create_model(name: str, num_classes: int | None = None, pretrained: bool | str = False, dataset: str | None = None,
+                 **kwargs: Any) -> AgainModel:
     """Build an AGAIN model: ``create_model('again_resnet18', num_classes=100, alpha=0.6)``.
+
+    ``num_classes`` defaults to 10 for a fresh model and to the checkpoint's for a pretrained one.
 
     Keyword arguments named in ``AGAIN_KWARGS`` go to :class:`AgainModel`, the rest to
     ``timm.create_model`` of the backbone (e.g. ``width=16`` for a slim ResNet).
-    ``pretrained`` is ``False``, ``True`` (the zoo's registry), a local directory or a Hub repo id.
+    ``pretrained`` is ``False``, ``True`` (the zoo's registry, for ``dataset`` 'cifar10' or
+    'cifar100'), a local checkpoint directory or a Hub repo id; weights are loaded strictly.
     """
     again_kw = {k: kwargs.pop(k) for k in AGAIN_KWARGS if k in kwargs}
     if pretrained:
         from .hub import load_pretrained
 
-        return load_pretrained(name, pretrained, num_classes=num_classes, **again_kw, **kwargs)
-    return build_model(backbone_name(name), num_classes, again_kw, **kwargs)
+        if again_kw or kwargs:
+            raise ConfigError(f"pretrained models take their options from config.json; drop {sorted({**again_kw, **kwargs})}")
+        return load_pretrained(name, pretrained, num_classes=num_classes, dataset=dataset)
+    return build_model(backbone_name(name), 10 if num_classes is None else num_classes, again_kw, **kwargs)

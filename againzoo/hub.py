@@ -8,7 +8,9 @@ pickle) and ``config.json`` with timm's keys (``architecture``, ``num_classes``,
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from .io import atomic_write_json, load_tensors, save_tensors
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+HUB_FILES = (CONFIG, WEIGHTS, "eval.json", "README.md")
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -116,11 +119,157 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
     return model.to(device).eval()
 
 
-def from_pretrained(source: str | Path, num_classes: int | None = None, device: str | torch.device = "cpu",
-                    return_dir: bool = False) -> nn.Module | tuple[nn.Module, Path]:
-    """Load a checkpoint directory (strict, eval mode)."""
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cache_dir() -> str | None:
+    """``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, read at call time (huggingface_hub reads them at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def download(repo_id: str, revision: str | None = None, filenames: tuple[str, ...] = HUB_FILES) -> Path:
+    """Fetch ``filenames`` of a Hub repo (or find them in the cache) and return the snapshot folder.
+
+    Honours ``HF_HUB_OFFLINE``, ``HF_HOME``/``HF_HUB_CACHE`` and the usual token locations.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    folder: Path | None = None
+    for name in filenames:
+        try:
+            path = hf_hub_download(repo_id, name, revision=revision, cache_dir=_cache_dir(),
+                                   local_files_only=_offline(), library_name="againzoo", library_version=__version__)
+        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError in recent huggingface_hub)
+            if name not in (CONFIG, WEIGHTS):
+                continue
+            raise CheckpointError(f"{name} of {repo_id} is not in the Hugging Face cache ({_cache_dir() or 'default'})"
+                                  f" and downloading is {'disabled (HF_HUB_OFFLINE=1)' if _offline() else 'not possible'}") from None
+        except EntryNotFoundError:
+            if name in (CONFIG, WEIGHTS):
+                raise CheckpointError(f"Hub repo {repo_id} has no {name}") from None
+            continue
+        except (HfHubHTTPError, OSError, ValueError) as e:
+            raise CheckpointError(f"could not fetch {name} from Hub repo {repo_id!r}: {e}") from None
+        folder = Path(path).parent
+    assert folder is not None
+    return folder
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def from_pretrained(source: str | Path, revision: str | None = None, num_classes: int | None = None,
+                    device: str | torch.device = "cpu", return_dir: bool = False, sha256: str | None = None,
+                    **again: Any) -> nn.Module | tuple[nn.Module, Path]:
+    """Load a zoo model (eval mode) from a local directory, a Hub repo id, or ``hf-hub:<timm id>``.
+
+    * a directory with ``config.json`` + ``model.safetensors``: loaded strictly;
+    * ``org/name``: the same files from the Hugging Face Hub (or its cache);
+    * ``hf-hub:org/name``: a plain timm model from the Hub, wrapped in :class:`AgainModel` with
+      the AGAIN options ``again`` (its ASE head starts untrained).
+
+    ``sha256`` pins the expected digest of ``model.safetensors``; a mismatch is an error.
+    """
+    source = str(source)
+    if source.startswith("hf-hub:"):
+        import timm
+
+        kw = {} if num_classes is None else {"num_classes": num_classes}
+        try:
+            backbone = timm.create_model(source, pretrained=True, **kw)
+        except Exception as e:  # noqa: BLE001 - timm raises many kinds for a missing repo
+            raise CheckpointError(f"could not load timm model {source}: {e}") from None
+        model = AgainModel(backbone, **again).to(device).eval()
+        return (model, Path(source)) if return_dir else model
     directory = Path(source)
     if not directory.is_dir():
-        raise CheckpointError(f"{source} is not a checkpoint directory")
+        if source.count("/") != 1 or source.startswith((".", "/")):
+            raise CheckpointError(f"{source} is neither a checkpoint directory nor a Hub repo id (org/name)")
+        directory = download(source, revision)
+    if sha256 is not None:
+        digest = sha256_of(directory / WEIGHTS)
+        if digest != sha256:
+            raise CheckpointError(f"sha256 mismatch for {source}/{WEIGHTS}: expected {sha256}, got {digest}")
     model = load_local(directory, num_classes, device)
     return (model, directory) if return_dir else model
+
+
+def load_pretrained(name: str, pretrained: bool | str, num_classes: int | None = None, dataset: str | None = None,
+                    device: str | torch.device = "cpu", **kw: Any) -> nn.Module:
+    """``create_model(name, pretrained=...)``: True consults the registry, a string is a path or repo id."""
+    from .factory import backbone_name
+    from .registry import REGISTRY, lookup
+
+    if pretrained is True:
+        dataset = dataset or {10: "cifar10", 100: "cifar100"}.get(num_classes or 10, "cifar10")
+        entry = lookup(name, dataset)
+        if entry is None:
+            known = ", ".join(f"{n} ({d})" for n, d in REGISTRY) or "none yet"
+            raise CheckpointError(f"no published weights for {name} on {dataset}; published: {known}")
+        model = from_pretrained(entry.repo_id, entry.revision, num_classes, device, sha256=entry.sha256)
+    else:
+        model = from_pretrained(str(pretrained), None, num_classes, device)
+    arch = model_arch(model)
+    if arch != backbone_name(name):
+        raise CheckpointError(f"{pretrained} holds a {arch} checkpoint, not {name} ({backbone_name(name)})")
+    return model
+
+
+def model_arch(model: nn.Module) -> str:
+    return (getattr(_backbone(model), "pretrained_cfg", None) or {}).get("architecture", "")
+
+
+RUN_FILES = ("recipe.yaml", "metrics.jsonl", "curves.png")
+
+
+def push(path: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+         dry_run: bool = False, token: str | None = None) -> dict[str, Any]:
+    """Push a run's selected checkpoint (``best/`` when present) to the Hugging Face Hub.
+
+    Uploads ``model.safetensors``, ``config.json``, ``eval.json``, the run's ``recipe.yaml``,
+    ``metrics.jsonl`` and ``curves.png``, and a generated ``README.md`` model card. With
+    ``dry_run`` nothing leaves the machine; the returned dict lists the files and the card.
+    """
+    import shutil
+    import tempfile
+
+    from .card import load_checkpoint_info, model_card
+
+    info = load_checkpoint_info(path)  # requires config.json and eval.json
+    wdir, run = info["dir"], Path(path)
+    files = {name: wdir / name for name in (CONFIG, WEIGHTS, "eval.json")}
+    files.update({name: run / name for name in RUN_FILES if (run / name).exists()})
+    missing = [n for n, p in files.items() if not p.exists()]
+    if missing:
+        raise CheckpointError(f"cannot push {path}: missing {', '.join(missing)}")
+    card = model_card(path)
+    plan = {"repo_id": repo_id, "private": private, "revision": revision,
+            "files": sorted([*files, "README.md"]), "sizes": {n: p.stat().st_size for n, p in files.items()},
+            "card": card}
+    if dry_run:
+        return plan
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="againzoo-push-") as tmp:
+        for name, p in files.items():
+            shutil.copy2(p, Path(tmp) / name)
+        (Path(tmp) / "README.md").write_text(card)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                   commit_message=f"againzoo {__version__}: {info['recipe'].get('name', repo_id)}")
+    plan["commit"] = str(getattr(commit, "commit_url", commit))
+    return plan

@@ -83,7 +83,7 @@ class DataSection(Section):
 
 
 class AttackSection(Section):
-    """The training attack."""
+    """The training attack; ``step_size: null`` means ``2.5 * eps / steps`` (Madry et al.)."""
 
     eps: float = Field(8 / 255, gt=0)
     step_size: Optional[float] = Field(None, gt=0)

@@ -189,7 +189,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     again_on = isinstance(model, AgainModel)
     label_names = list(full.classes)
-    config = model_config(model, label_names, {"recipe": recipe.to_dict()})
+    config = model_config(model, label_names, {"recipe": recipe.to_dict(), "training_data": full.describe()})
 
     run_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_robust": -1.0, "best_epoch": None}

@@ -1,0 +1,192 @@
+"""Model cards generated from run directories, so they cannot drift from the measurements.
+
+* :func:`model_card`: the Hub ``README.md`` of one checkpoint, YAML metadata (license,
+  library_name, tags, datasets, ``model-index`` built from ``eval.json``) + a readable card.
+* :func:`zoo_card`: the top-level ``MODEL_CARD.md`` over several run directories.
+
+Every accuracy in a card is formatted by :func:`pct` from a number read out of an ``eval.json``;
+nothing is typed by hand. Other quantities are written as integers or fractions.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CheckpointError
+from .io import read_jsonl
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "scikit-learn digits (16x16)"}
+METHOD_NAMES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART", "fgsm_rs": "FGSM-RS", "standard": "standard training"}
+
+
+def pct(v: float) -> str:
+    """An accuracy in [0, 1] as a percentage with two decimals: the one format cards use."""
+    return f"{100 * v:.2f}"
+
+
+def eps_str(eps: float) -> str:
+    f = Fraction(eps).limit_denominator(1000)
+    return f"{f.numerator}/{f.denominator}" if abs(float(f) - eps) < 1e-9 else f"{eps:g}"
+
+
+def load_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """Config, eval.json, recipe and training log of a run dir (its best/ checkpoint) or checkpoint dir."""
+    path = Path(path)
+    run = path
+    wdir = path / "best" if (path / "best" / "config.json").exists() else path
+    if not (wdir / "config.json").exists():
+        raise CheckpointError(f"{path} is not a run or checkpoint directory (no config.json)")
+    if not (wdir / "eval.json").exists():
+        raise CheckpointError(f"{wdir} has no eval.json: run `againzoo eval {path}` first")
+    config = json.loads((wdir / "config.json").read_text())
+    if wdir.name == "best" and not (run / "metrics.jsonl").exists():
+        run = wdir
+    return {"dir": wdir, "config": config, "eval": json.loads((wdir / "eval.json").read_text()),
+            "recipe": config.get("recipe") or {}, "metrics": read_jsonl(run / "metrics.jsonl")}
+
+
+def _method(recipe: dict[str, Any], config: dict[str, Any]) -> str:
+    m = recipe.get("method") or {}
+    name = METHOD_NAMES.get(m.get("name", ""), m.get("name", "?"))
+    if m.get("awp"):
+        name = f"{name} + AWP"
+    return f"AGAIN-{name}" if config.get("again") else name
+
+
+def _dataset(info: dict[str, Any]) -> str:
+    return (info["recipe"].get("data") or {}).get("dataset") or info["eval"]["data"].get("name", "unknown")
+
+
+def _data_line(ev: dict[str, Any]) -> str:
+    d = ev["data"]
+    kind = "lossless" if d.get("lossless") else "JPEG-75 (lossy)"
+    return f"{d.get('n')} {kind} images of {d.get('name')}/{d.get('split')}"
+
+
+def _metrics_rows(ev: dict[str, Any]) -> list[tuple[str, float]]:
+    e = eps_str(ev["eps"])
+    rows = [(f"Robust accuracy, adaptive worst case ({ev['suite']} suite, {ev['norm']} eps={e})", ev["worst_case_acc"]),
+            ("Clean accuracy", ev["clean_acc"])]
+    rows += [(f"{col} ({ev['norm']} eps={e})", v) for col, v in ev["columns"].items() if col != "Clean"]
+    if "non_adaptive_acc" in ev:
+        rows.append((f"Non-adaptive attacks only (main logits; overstates robustness)", ev["non_adaptive_acc"]))
+    return rows
+
+
+def _training(info: dict[str, Any]) -> str:
+    rows = info["metrics"]
+    r = info["recipe"]
+    if not rows:
+        return "training log not available"
+    seconds = sum(row.get("train_time_s", 0) for row in rows)
+    return (f"{len(rows)} epochs of {r.get('epochs', '?')}, {int(round(seconds))} s of training steps "
+            f"(monitoring excluded), batch {r.get('batch_size', '?')}")
+
+
+def model_index(info: dict[str, Any]) -> list[dict[str, Any]]:
+    ev = info["eval"]
+    ds = _dataset(info)
+    return [{"name": info["recipe"].get("name") or info["config"].get("architecture"),
+             "results": [{"task": {"type": "image-classification", "name": "Image Classification"},
+                          "dataset": {"type": ds, "name": f"{DATASET_NAMES.get(ds, ds)} ({_data_line(ev)})",
+                                      "split": ev["data"].get("split")},
+                          "metrics": [{"type": "accuracy", "name": name, "value": float(pct(v))}
+                                      for name, v in _metrics_rows(ev)]}]}]
+
+
+def _limitations(info: dict[str, Any]) -> list[str]:
+    out = []
+    ev = info["eval"]
+    if info["config"].get("again"):
+        out.append("The ASE gate is an argmax over the auxiliary head: attacks on the final logits alone see masked "
+                   "gradients and overstate robustness. Quote the adaptive worst case, not a single-attack number.")
+    failed = [f for f in ev.get("flags", []) if not f["passed"]]
+    for f in failed:
+        out.append(f"Soundness check `{f['check']}` failed: {f['detail']}")
+    if not ev["data"].get("lossless", True):
+        out.append("Evaluated on the JPEG-75 copy of the test set: not comparable with published CIFAR numbers.")
+    trained_on = info["config"].get("training_data") or {}
+    if trained_on.get("lossless") is False:
+        out.append(f"Trained on lossy data ({trained_on.get('compression', 'JPEG')}, {trained_on.get('source')}): "
+                   "the model learned the compressed distribution.")
+    if ev.get("autoattack"):
+        out.append(ev["autoattack"] + ".")
+    if _dataset(info) == "digits":
+        out.append("A demonstration model on 16x16 digits, not a CIFAR model.")
+    return out
+
+
+def _eval_table(ev: dict[str, Any]) -> list[str]:
+    cols = list(ev["columns"])
+    lines = ["| " + " | ".join(["worst case"] + cols) + " |", "|---" * (len(cols) + 1) + "|",
+             "| " + " | ".join([f"**{pct(ev['worst_case_acc'])}**"] + [pct(ev["columns"][c]) for c in cols]) + " |"]
+    return lines
+
+
+def model_card(path: str | Path) -> str:
+    """The Hub README.md of one checkpoint."""
+    info = load_checkpoint_info(path)
+    cfg, ev, recipe = info["config"], info["eval"], info["recipe"]
+    ds = _dataset(info)
+    meta = {"license": (cfg.get("pretrained_cfg") or {}).get("license", "apache-2.0"), "library_name": "againzoo",
+            "tags": ["image-classification", "adversarial-robustness", "adversarial-training", "againzoo", "timm"]
+            + (["again"] if cfg.get("again") else []),
+            "datasets": [ds], "metrics": ["accuracy"], "model-index": model_index(info)}
+    name = recipe.get("name") or cfg.get("architecture")
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    lines += [f"{_method(recipe, cfg)} of `{cfg['architecture']}` on {DATASET_NAMES.get(ds, ds)}, trained and "
+              f"evaluated with [againzoo](https://github.com/againzoo/againzoo).", ""]
+    lines += ["## Use", "", "```python", "import againzoo", f'model = againzoo.from_pretrained("<this repo id>")',
+              "logits = model(images)  # float images in [0, 1], NCHW; normalisation is inside", "```", ""]
+    lines += ["## Robustness (measured)", "", f"{ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, "
+              f"{_data_line(ev)}; per-example worst case over every attack of the suite:", ""] + _eval_table(ev) + [""]
+    if ev.get("reference"):
+        lines += [f"Reference (not measured here): {ev['reference']['source']}.", ""]
+    lines += ["## Training", "", f"Recipe `{name}` (in `config.json` and `recipe.yaml`): {recipe.get('description', '')}",
+              "", f"Training cost: {_training(info)}.", ""]
+    lines += ["## Intended use", "", "Research on adversarial robustness: a baseline to compare defences and "
+              "attacks against. Not a certified or production-hardened classifier.", ""]
+    lines += ["## Limitations", ""] + [f"- {x}" for x in _limitations(info)] + [""]
+    lines += ["## Citation", "", "Lin et al., *Adversarial Training with Attribution Span Enlargement and Hybrid "
+              "Feature Fusion*, CVPR 2023.", ""]
+    return "\n".join(lines)
+
+
+def zoo_card(paths: list[str | Path]) -> str:
+    """The zoo's MODEL_CARD.md: one section per checkpoint, generated from its run directory."""
+    infos = [load_checkpoint_info(p) for p in paths]
+    lines = ["# againzoo model card", "",
+             "Generated by `againzoo card` from the run directories' `eval.json`, `config.json` and "
+             "`metrics.jsonl`; regenerate it rather than editing it. Accuracies are percentages measured by "
+             "againzoo's evaluation; the headline is the per-example worst case over the adaptive suite.", ""]
+    if not infos:
+        lines += ["No models yet.", ""]
+    lines += ["| model | method | data | suite | worst case | clean |", "|---|---|---|---|---|---|"]
+    for info in infos:
+        ev = info["eval"]
+        lines.append(f"| {info['recipe'].get('name', info['config']['architecture'])} | "
+                     f"{_method(info['recipe'], info['config'])} | {_data_line(ev)} | {ev['suite']}, "
+                     f"{ev['norm']} eps={eps_str(ev['eps'])} | **{pct(ev['worst_case_acc'])}** | {pct(ev['clean_acc'])} |")
+    lines.append("")
+    for info in infos:
+        ev, recipe, cfg = info["eval"], info["recipe"], info["config"]
+        lines += [f"## {recipe.get('name', cfg['architecture'])}", "",
+                  f"- Architecture: `{cfg['architecture']}`, arguments `{json.dumps(cfg.get('model_args') or {})}`, "
+                  f"AGAIN: `{json.dumps(cfg['again']) if cfg.get('again') else 'none'}`",
+                  f"- Recipe: `{recipe.get('name', '?')}`: {recipe.get('description', '')}",
+                  f"- Training data: {DATASET_NAMES.get(_dataset(info), _dataset(info))}"
+                  f" ({(recipe.get('data') or {}).get('dataset', '?')}, held-out selection slice of "
+                  f"{(recipe.get('data') or {}).get('val_size', '?')} training images)",
+                  f"- Training cost: {_training(info)}",
+                  f"- Evaluation: {ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, {_data_line(ev)}", ""]
+        lines += _eval_table(ev) + [""]
+        per = ", ".join(f"{k} {pct(v['acc'])}" for k, v in ev["attacks"].items())
+        lines += [f"Per attack: {per}.", ""]
+        lines += ["Intended use: research baselines for adversarial robustness; not a certified classifier.", "",
+                  "Limitations:", ""] + [f"- {x}" for x in _limitations(info)] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""torch.hub entry points of againzoo.
+
+    torch.hub.load("<owner>/againzoo", "again_resnet18", pretrained=True)            # zoo weights
+    torch.hub.load("<local checkout>", "again_resnet18", source="local")              # untrained
+    torch.hub.load("<local checkout>", "again_resnet18", source="local", pretrained="org/name")
+
+``pretrained`` is False (untrained), True (the zoo's registry, ``againzoo/registry.py``, checked
+against its sha256), a local checkpoint directory, or a Hugging Face Hub repo id. ``dataset``
+('cifar10' or 'cifar100') picks the registry entry; ``num_classes`` defaults to the dataset's.
+Measured metrics of each published checkpoint are in its eval.json, its Hub card and
+MODEL_CARD.md.
+"""
+
+dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "yaml", "pydantic"]
+
+from againzoo import create_model as _create  # noqa: E402
+
+_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _entry(name, pretrained, num_classes, dataset, kwargs):
+    if dataset not in _CLASSES:
+        raise ValueError(f"dataset must be one of {sorted(_CLASSES)}, got {dataset!r}")
+    if pretrained:
+        return _create(name, num_classes=num_classes, pretrained=pretrained, dataset=dataset, **kwargs)
+    return _create(name, num_classes=num_classes or _CLASSES[dataset], **kwargs)
+
+
+def again_resnet18(pretrained=False, num_classes=None, dataset="cifar10", **kwargs):
+    """AGAIN ResNet-18 (CIFAR stem: 3x3 conv, stride 1, no max-pool), ASE + HFF at layer4.
+
+    Variants (recipes): cifar10_resnet18_again_pgd_at, _again_mart, _again_awp, _again_pgd_at_fast;
+    cifar100_resnet18_again_pgd_at, _again_awp. Metrics: MODEL_CARD.md / the Hub card's eval.json.
+    """
+    return _entry("again_resnet18", pretrained, num_classes, dataset, kwargs)
+
+
+def again_preactresnet18(pretrained=False, num_classes=None, dataset="cifar10", **kwargs):
+    """AGAIN pre-activation ResNet-18 (CIFAR), ASE + HFF after the final BN-ReLU.
+
+    Train it with any ResNet-18 recipe and ``--set model.arch=preactresnet18``. Metrics: MODEL_CARD.md.
+    """
+    return _entry("again_preactresnet18", pretrained, num_classes, dataset, kwargs)
+
+
+def again_wrn34_10(pretrained=False, num_classes=None, dataset="cifar10", **kwargs):
+    """AGAIN WideResNet-34-10 (as in TRADES/AWP), ASE + HFF after the final BN-ReLU.
+
+    Variant (recipe): cifar10_wrn34_10_again_awp (the paper's Table 4). Metrics: MODEL_CARD.md.
+    """
+    return _entry("again_wrn34_10", pretrained, num_classes, dataset, kwargs)
+
+
+def again_vgg16(pretrained=False, num_classes=None, dataset="cifar10", **kwargs):
+    """AGAIN VGG-16-BN (CIFAR), ASE + HFF at the last conv stage.
+
+    Train it with any ResNet-18 recipe and ``--set model.arch=vgg16_cifar``. Metrics: MODEL_CARD.md.
+    """
+    return _entry("again_vgg16", pretrained, num_classes, dataset, kwargs)
