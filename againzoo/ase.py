@@ -81,11 +81,11 @@ class AttributionSpanEnlargement(nn.Module):
                 raise ValueError("ASE needs targets in training mode")
             if fake_targets is None:
                 fake_targets = targets[torch.randperm(targets.shape[0], device=targets.device)]
-            w = self.alpha * weight[targets] + (1.0 - self.alpha) * weight[fake_targets]
+            w = self.alpha * weight.index_select(0, targets) + (1.0 - self.alpha) * weight.index_select(0, fake_targets)
         else:
             if gate not in GATES:
                 raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-            w = weight[aux_logits.argmax(dim=1)]
+            w = weight.index_select(0, aux_logits.argmax(dim=1))  # ArgMax -> Gather in ONNX
             if gate == "straight_through":
                 soft = torch.softmax(aux_logits, dim=1) @ weight
                 w = soft + (w - soft).detach()

@@ -127,6 +127,32 @@ def card(
             typer.echo(f"wrote {target}")
 
 
+@app.command()
+@user_errors
+def export(
+    source: str = typer.Argument(..., help="run directory (its best/), checkpoint dir or Hub repo id"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    opset: int = typer.Option(18, "--opset"),
+    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size"),
+    with_softmax: bool = typer.Option(False, "--with-softmax", help="output probabilities instead of logits"),
+    with_aux: bool = typer.Option(False, "--with-aux", help="also output the ASE head's logits"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="for the real-image parity check"),
+) -> None:
+    """Export the inference path to ONNX and verify onnxruntime against PyTorch (fails on mismatch)."""
+    from .onnx import ParityError, export_checkpoint
+
+    try:
+        report = export_checkpoint(source, output, opset, batch, with_softmax, with_aux, data_dir)
+    except ParityError as e:
+        typer.echo(f"PARITY FAILED: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {report['output']} (opset {report['opset']}, batch {report['batch']}, outputs {report['outputs']})")
+    for name, r in report["sets"].items():
+        gate = f", gate agreement {r['gate_agreement']:.4f}" if "gate_agreement" in r else ""
+        typer.echo(f"  {name:<12} n={r['n']:<4} top-1 agreement {r['top1_agreement']:.4f}{gate}, "
+                   f"max |logit diff| {r['max_abs_diff']:.2e}")
+
+
 @app.command("recipes")
 @user_errors
 def list_recipes() -> None:

@@ -52,6 +52,10 @@ def tiny_runs(tmp_path_factory):
     again = train("quickstart", overrides=[f"output_dir={root / 'again'}", *TINY_RUN], progress=False)
     plain = train("quickstart", overrides=[f"output_dir={root / 'plain'}", *TINY_RUN, "model.again.enabled=false"],
                   progress=False)
+    from againzoo.evaluation import evaluate_checkpoint
+
+    # a cheap eval.json for the tests that need an evaluated checkpoint (hub, cards, export)
+    evaluate_checkpoint(str(again), "quick", n_examples=16, progress=False, aa_iter=5, n_targets=2, n_check=16)
     return {"again": again, "plain": plain}
 
 

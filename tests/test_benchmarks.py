@@ -28,3 +28,14 @@ def test_eval_throughput_benchmark_runs(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "quick suite", "paper suite"]
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_inference_benchmark_runs(tmp_path):
+    out = tmp_path / "inf.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--iters", "2",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["runtime"], r["batch"]) for r in rows} >= {("torch eager (cpu)", 1), ("onnxruntime CPU", 1),
+                                                           ("torch eager (cpu)", 64), ("onnxruntime CPU", 64)}
+    assert "vs torch cpu" in res.stdout

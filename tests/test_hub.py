@@ -130,9 +130,6 @@ def test_timm_hf_hub_model_is_loaded_and_wrapped_offline(tmp_path):
 
 def test_push_dry_run_lists_files_and_card(tiny_runs):
     run = tiny_runs["again"]
-    ev = run / "best" / "eval.json"
-    if not ev.exists():
-        CliRunner().invoke(app, ["eval", str(run), "-n", "16", "--quiet"])
     res = CliRunner().invoke(app, ["push", str(run), "--repo-id", "me/again-digits", "--dry-run"])
     assert res.exit_code == 0, res.output
     listed = re.findall(r"^  (\S+)", res.output.split("--- README.md ---")[0], flags=re.M)
@@ -147,8 +144,6 @@ def test_push_uploads_with_hfapi(tiny_runs, monkeypatch):
     from againzoo.hub import push
 
     run = tiny_runs["again"]
-    if not (run / "best" / "eval.json").exists():
-        CliRunner().invoke(app, ["eval", str(run), "-n", "16", "--quiet"])
     calls = {}
 
     class FakeApi:
@@ -182,8 +177,6 @@ def test_no_torch_load_anywhere():
 
 def test_cards_numbers_come_from_eval_json(tiny_runs, tmp_path):
     run = tiny_runs["again"]
-    if not (run / "best" / "eval.json").exists():
-        CliRunner().invoke(app, ["eval", str(run), "-n", "16", "--quiet"])
     out = tmp_path / "MODEL_CARD.md"
     res = CliRunner().invoke(app, ["card", str(run), "-o", str(out), "--readme"])
     assert res.exit_code == 0, res.output
