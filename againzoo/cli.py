@@ -153,6 +153,79 @@ def export(
                    f"max |logit diff| {r['max_abs_diff']:.2e}")
 
 
+analyze_app = typer.Typer(no_args_is_help=True, help="Attribution-span analysis: PNG figures + analysis.json.")
+app.add_typer(analyze_app, name="analyze")
+OUT = typer.Option(Path("analysis"), "--out", "-o", help="output folder (analysis.json is merged)")
+DATA = typer.Option(None, "--data-dir")
+
+
+@analyze_app.command("cam")
+@user_errors
+def analyze_cam(run: Path, n: int = typer.Option(8, "-n"), out: Path = OUT, data_dir: Optional[str] = DATA) -> None:
+    """CAM maps (Eq. 1) of the main head and, for AGAIN models, the ASE head."""
+    from .analysis import run_cam
+
+    r = run_cam(run, out, n, data_dir)
+    typer.echo(f"{r['main_method']} at layer {r['layer']}; wrote {r['png']} and {out / 'analysis.json'}")
+
+
+@analyze_app.command("asc")
+@user_errors
+def analyze_asc(run_a: Path, run_b: Path, n: int = typer.Option(1000, "-n"),
+                lam: float = typer.Option(0.5, "--lambda", help="threshold of Eq. 2"), out: Path = OUT,
+                data_dir: Optional[str] = DATA) -> None:
+    """Attribution Span Coverage (Eq. 2) of two models; share of images where A's ASC is larger."""
+    from .analysis import run_asc
+
+    r = run_asc(run_a, run_b, out, n, lam, data_dir)
+    typer.echo(f"ASC (lambda={lam}) on {r['n']} images: mean A {r['mean_a']:.4f}, mean B {r['mean_b']:.4f}; "
+               f"A > B on {100 * r['share_a_greater']:.2f}% of images; wrote {r['png']}")
+
+
+@analyze_app.command("corruption")
+@user_errors
+def analyze_corruption(standard_run: Path, robust_run: Path, n: int = typer.Option(1000, "-n"),
+                       lam: float = typer.Option(0.5, "--lambda"), eps: Optional[float] = typer.Option(None, "--eps"),
+                       out: Path = OUT, data_dir: Optional[str] = DATA) -> None:
+    """Table 1: accuracy on original/corrupted clean and adversarial data."""
+    from .analysis import run_corruption
+
+    r = run_corruption(standard_run, robust_run, out, n, lam, eps, data_dir)
+    typer.echo(f"{r['n_used']} of {r['n_total']} images classified correctly by both models")
+    for name in ("standard", "robust"):
+        if name in r:
+            v = r[name]
+            typer.echo(f"  {name:<9} original clean {100 * v['original_clean']:.1f}%  corrupted clean "
+                       f"{100 * v['corrupted_clean']:.1f}%  original adv {100 * v['original_adv']:.1f}%  "
+                       f"corrupted adv {100 * v['corrupted_adv']:.1f}%")
+
+
+@analyze_app.command("embedding")
+@user_errors
+def analyze_embedding(runs: List[Path], n: int = typer.Option(500, "-n"), eps: Optional[float] = typer.Option(None, "--eps"),
+                      out: Path = OUT, data_dir: Optional[str] = DATA) -> None:
+    """Figure 4: t-SNE of penultimate features, clean and adversarial, with a compactness score."""
+    from .analysis import run_embedding
+
+    r = run_embedding(list(runs), out, n, eps, data_dir)
+    for name, v in r["runs"].items():
+        typer.echo(f"{name}: compactness clean {v['compactness_clean']:.4f}, adversarial {v['compactness_adversarial']:.4f}")
+    typer.echo(f"wrote {r['png']}")
+
+
+@analyze_app.command("curves")
+@user_errors
+def analyze_curves(runs: List[Path], out: Path = OUT) -> None:
+    """Figure 3: generalisation gaps from metrics.jsonl."""
+    from .analysis import run_curves
+
+    r = run_curves(list(runs), out)
+    for name, v in r["runs"].items():
+        typer.echo(f"{name}: final standard gap {100 * v['final_standard_gap']:.2f} points, "
+                   f"robust gap {100 * v['final_robust_gap']:.2f} points")
+    typer.echo(f"wrote {r['png']}")
+
+
 @app.command("recipes")
 @user_errors
 def list_recipes() -> None:

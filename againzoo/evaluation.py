@@ -423,7 +423,6 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     import json
     from pathlib import Path
 
-    from .data import load_dataset
     from .hub import CONFIG, from_pretrained
     from .io import atomic_write_json
     from .references import reference_for
@@ -436,24 +435,10 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     model, wdir = from_pretrained(str(path) if path.exists() else source, device=dev, return_dir=True)
     config = json.loads((wdir / CONFIG).read_text())
     recipe = config.get("recipe") or {}
-    dataset = (recipe.get("data") or {}).get("dataset", "cifar10")
-    data_dir = data_dir or (recipe.get("data") or {}).get("data_dir")
     if eps is None:
         eps = float((recipe.get("attack") or {}).get("eps", 8 / 255))
-    if split is None:
-        split = "test"
-        if dataset == "cifar10":
-            try:
-                load_dataset(dataset, "test_lossless", data_dir)
-                split = "test_lossless"
-            except Exception:  # noqa: BLE001 - fall back to the (lossy) full test set
-                split = "test"
-    ds = load_dataset(dataset, split, data_dir)
-    n = min(n_examples, len(ds))
-    x = torch.from_numpy(ds.x[:n]).permute(0, 3, 1, 2).float().div(255)
-    yy = torch.from_numpy(ds.y[:n])
+    x, yy, data = eval_data(config, data_dir, split, n_examples)
     ref = reference_for(recipe.get("name")) if suite == "paper" and abs(eps - 8 / 255) < 1e-9 else None
-    data = {**ds.describe(), "n": n, "evaluated": f"first {n} images of {dataset}/{split}"}
     result = evaluate(model, x, yy, suite, eps, batch_size=batch_size, progress=progress, data=data,
                       reference=ref, **kw)
     result["model"] = {"source": str(source), "weights": str(wdir), "architecture": config.get("architecture"),
@@ -461,3 +446,27 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     if write:
         atomic_write_json(wdir / "eval.json", result)
     return result, wdir
+
+
+def eval_data(config: dict[str, Any], data_dir: str | None = None, split: str | None = None,
+              n: int = 1000) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The first ``n`` test images of a checkpoint's dataset, as float [0, 1] NCHW, labels and a
+    description. CIFAR-10 defaults to the lossless 1,000-image subset when it is available."""
+    from .data import load_dataset
+    from .errors import DataError
+
+    data = (config.get("recipe") or {}).get("data") or {}
+    dataset = data.get("dataset", "cifar10")
+    data_dir = data_dir or data.get("data_dir")
+    if split is None:
+        split = "test"
+        if dataset == "cifar10":
+            try:
+                load_dataset(dataset, "test_lossless", data_dir)
+                split = "test_lossless"
+            except DataError:
+                pass
+    ds = load_dataset(dataset, split, data_dir)
+    n = min(n, len(ds))
+    x = torch.from_numpy(ds.x[:n]).permute(0, 3, 1, 2).float().div(255)
+    return x, torch.from_numpy(ds.y[:n]), {**ds.describe(), "n": n, "evaluated": f"first {n} images of {dataset}/{split}"}

@@ -211,8 +211,8 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
 def export_checkpoint(source: str, output: str | Path, opset: int = OPSET, batch: str | int = "dynamic",
                       with_softmax: bool = False, with_aux: bool = False, data_dir: str | None = None) -> dict[str, Any]:
     """``againzoo export``: a run dir (``best/``), checkpoint dir or Hub id -> verified ONNX file."""
-    from .data import load_dataset
     from .errors import DataError
+    from .evaluation import eval_data
     from .hub import CONFIG, from_pretrained
 
     path = Path(source)
@@ -222,14 +222,12 @@ def export_checkpoint(source: str, output: str | Path, opset: int = OPSET, batch
     config = json.loads((wdir / CONFIG).read_text())
     ev = json.loads((wdir / "eval.json").read_text()) if (wdir / "eval.json").exists() else None
     recipe = config.get("recipe") or {}
-    data = recipe.get("data") or {}
     real = None
     try:
-        ds = load_dataset(data.get("dataset", "cifar10"), "test", data_dir or data.get("data_dir"))
-        real = torch.from_numpy(ds.x[:32]).permute(0, 3, 1, 2).float().div(255)
+        real = eval_data(config, data_dir, None, 32)[0]
     except DataError:
         pass
     eps = float((recipe.get("attack") or {}).get("eps", 8 / 255))
     report = export(model, output, opset, batch, with_softmax, with_aux, config, ev, real, eps)
-    report["real_images"] = "test split, first 32" if real is not None else "not available (random and adversarial only)"
+    report["real_images"] = "first 32 test images" if real is not None else "not available (random and adversarial only)"
     return report

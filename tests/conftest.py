@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AGAINZOO_DATA", ROOT.parent / "shared" / "data"))
 LOSSLESS = SHARED_DATA / "cifar10-lossless-subset.npz"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if "OMP_NUM_THREADS" not in os.environ:  # CI: both cores; set OMP_NUM_THREADS=1 when sharing the machine
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

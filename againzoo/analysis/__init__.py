@@ -1,0 +1,146 @@
+"""Attribution-span analysis of checkpoints (AGAIN section 3 and section 5.6).
+
+Each ``run_*`` function takes run directories (their ``best/`` checkpoint) or checkpoint
+directories, writes one PNG into ``out_dir`` and merges its numbers into ``out_dir/analysis.json``
+under the command's name; the CLI is ``againzoo analyze cam|asc|corruption|embedding|curves``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapter import AgainModel
+from ..io import atomic_write_json
+from .asc import asc, compare, dataset_asc
+from .cam import CamResult, cam
+from .corruption import corruption_experiment
+from .curves import gaps
+from .embedding import compactness, embedding_experiment, penultimate
+from . import plots
+
+__all__ = ["CamResult", "asc", "cam", "compactness", "compare", "corruption_experiment", "dataset_asc",
+           "embedding_experiment", "gaps", "penultimate", "run_asc", "run_cam", "run_corruption",
+           "run_curves", "run_embedding"]
+
+
+def _load(run: str | Path, data_dir: str | None, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict, dict]:
+    from ..evaluation import eval_data
+    from ..hub import CONFIG, from_pretrained
+
+    path = Path(run)
+    if (path / "best" / CONFIG).exists():
+        path = path / "best"
+    model, wdir = from_pretrained(path, return_dir=True)
+    config = json.loads((wdir / CONFIG).read_text())
+    x, y, data = eval_data(config, data_dir, None, n)
+    return model, x, y, data, config
+
+
+def _name(run: str | Path) -> str:
+    p = Path(run)
+    return p.parent.name if p.name == "best" else p.name
+
+
+def _names(runs: list[str | Path]) -> list[str]:
+    """Short names, or full paths when two runs share a folder name."""
+    names = [_name(r) for r in runs]
+    return names if len(set(names)) == len(names) else [str(r) for r in runs]
+
+
+def _record(out_dir: Path, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "analysis.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current[key] = {k: v for k, v in result.items() if not k.startswith("_")}
+    atomic_write_json(path, current)
+    return current[key]
+
+
+def _eps(config: dict) -> float:
+    return float(((config.get("recipe") or {}).get("attack") or {}).get("eps", 8 / 255))
+
+
+def run_cam(run: str | Path, out_dir: str | Path, n: int = 8, data_dir: str | None = None) -> dict[str, Any]:
+    """CAM grids (Fig. 1 style): images, the main head's CAM and, for AGAIN models, the ASE head's."""
+    out_dir = Path(out_dir)
+    model, x, y, data, _ = _load(run, data_dir, n)
+    size = tuple(x.shape[-2:])
+    main = cam(model, x, y)
+    rows = [(f"{main.method} (main)", main.upsampled(size).numpy(), "overlay")]
+    result: dict[str, Any] = {"run": str(run), "data": data, "layer": main.layer, "main_method": main.method,
+                              "asc_main": asc(main.upsampled(size)).tolist()}
+    if isinstance(model, AgainModel):
+        ase = cam(model, x, y, head="ase")
+        rows.append((f"{ase.method} (ASE)", ase.upsampled(size).numpy(), "overlay"))
+        result["asc_ase"] = asc(ase.upsampled(size)).tolist()
+    titles = [f"y={int(t)}" for t in y]
+    result["png"] = str(plots.image_grid(out_dir / "cam.png", x.numpy(), rows, titles))
+    return _record(out_dir, "cam", result)
+
+
+def run_asc(run_a: str | Path, run_b: str | Path, out_dir: str | Path, n: int = 1000, lam: float = 0.5,
+            data_dir: str | None = None) -> dict[str, Any]:
+    """Section 3, Q1: per-image ASC (Eq. 2) of two models on the same images."""
+    out_dir = Path(out_dir)
+    model_a, x, y, data, _ = _load(run_a, data_dir, n)
+    model_b = _load(run_b, data_dir, 0)[0]
+    scores = []
+    for m in tqdm([model_a, model_b], desc="ASC", leave=False):
+        scores.append(dataset_asc(m, x, y, lam))
+    a, b = scores
+    result = {"run_a": str(run_a), "run_b": str(run_b), "lambda": lam, "data": data, **compare(a, b),
+              "asc_a": a.tolist(), "asc_b": b.tolist()}
+    result["png"] = str(plots.asc_scatter(out_dir / "asc.png", a.numpy(), b.numpy(), _name(run_a), _name(run_b), lam))
+    return _record(out_dir, "asc", result)
+
+
+def run_corruption(standard_run: str | Path, robust_run: str | Path, out_dir: str | Path, n: int = 1000,
+                   lam: float = 0.5, eps: float | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Table 1: accuracy on original/corrupted clean and adversarial data (both-correct examples)."""
+    out_dir = Path(out_dir)
+    std, x, y, data, config = _load(standard_run, data_dir, n)
+    rob = _load(robust_run, data_dir, 0)[0]
+    r = corruption_experiment(std, rob, x, y, eps if eps is not None else _eps(config), lam=lam)
+    r.update(standard_run=str(standard_run), robust_run=str(robust_run), data=data)
+    if r["n_used"]:
+        t = r["_tensors"]
+        k = min(8, r["n_used"])
+        xs = t["x"][:k]
+        ys = y[torch.tensor(r["used_indices"][:k])]
+        size = tuple(xs.shape[-2:])
+        rows = [("CAM standard", cam(std, xs, ys).upsampled(size).numpy(), "overlay"),
+                ("CAM robust", cam(rob, xs, ys).upsampled(size).numpy(), "overlay"),
+                ("kept (white)", t["keep"][:k, 0].numpy(), "mask"),
+                ("corrupted", (xs * t["keep"][:k]).numpy(), "image")]
+        r["png"] = str(plots.image_grid(out_dir / "corruption.png", xs.numpy(), rows))
+    return _record(out_dir, "corruption", r)
+
+
+def run_embedding(runs: list[str | Path], out_dir: str | Path, n: int = 500, eps: float | None = None,
+                  data_dir: str | None = None) -> dict[str, Any]:
+    """Figure 4: 2-D embeddings of penultimate features, clean and adversarial, with compactness."""
+    out_dir = Path(out_dir)
+    results = []
+    for run, name in tqdm(list(zip(runs, _names(runs))), desc="embedding", leave=False):
+        model, x, y, data, config = _load(run, data_dir, n)
+        r = embedding_experiment(model, x, y, eps if eps is not None else _eps(config))
+        r.update(run=str(run), data=data)
+        results.append((name, r))
+    png = plots.embedding_plot(out_dir / "embedding.png", results)
+    summary = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results}
+    return _record(out_dir, "embedding", {"runs": summary, "png": str(png)})
+
+
+def run_curves(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Figure 3: train vs test clean and robust accuracy per epoch, and the gaps."""
+    out_dir = Path(out_dir)
+    results = [gaps(Path(r).parent if Path(r).name == "best" else r) for r in runs]
+    png = plots.gap_plot(out_dir / "curves.png", results)
+    return _record(out_dir, "curves", {"runs": dict(zip(_names(runs), results)), "png": str(png)})
