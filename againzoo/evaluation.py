@@ -46,11 +46,6 @@ AUTOATTACK_NOTE = ("AutoAttack (Croce & Hein 2020) standard = APGD-CE + APGD-T +
 
 # -- small helpers used by training too ------------------------------------------------------
 
-def logits_and_aux(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eval-mode forward of any model: ``(logits, aux_logits or None)``."""
-    return A.forward(model, x)
-
-
 def joint_ce(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-example CE of the main logits, plus the ASE term for AGAIN models (Eq. 7)."""
     obj = A.objective(model, y, "ce", "joint")
@@ -267,11 +262,7 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     fooled = 0
     if idx.numel():
         sq = AttackSpec("Square", "square", queries=square_queries)
-        for i in range(0, idx.numel(), batch_size):
-            sub = idx[i:i + batch_size]
-            adv = run_attack(sq, model, x[sub], y[sub], eps, norm, gen)
-            with torch.no_grad():
-                fooled += int((model(adv).argmax(1) != y[sub]).sum())
+        fooled = int((~_batched_correct(model, sq, x[idx], y[idx], eps, norm, batch_size, gen, lambda: None)).sum())
     numbers.update(square_queries=square_queries, square_gain=fooled / n)
     flags.append(_flag("whitebox_beats_square", fooled / n <= 0.005,
                        f"Square ({square_queries} queries) fooled {100 * fooled / n:.2f}% of the examples that "

@@ -8,34 +8,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_train_throughput_benchmark_runs(tmp_path):
-    out = tmp_path / "train.json"
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--batch", "8",
-                          "--steps", "1", "--warmup", "0", "--attack-steps", "2", "--json", str(out)],
+def run_benchmark(script: str, out: Path, *args: str) -> tuple[dict, str]:
+    """Run benchmarks/<script> with ``args``; return its JSON and stdout."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text()), res.stdout
+
+
+def test_train_throughput_benchmark_runs(tmp_path):
+    data, stdout = run_benchmark("train_throughput.py", tmp_path / "train.json", "--batch", "8", "--steps", "1",
+                                 "--warmup", "0", "--attack-steps", "2")
     assert [r["variant"] for r in data["results"]] == ["pgd_at", "again_pgd_at"]
     assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in data["results"])
-    assert "AGAIN overhead" in res.stdout
+    assert "AGAIN overhead" in stdout
 
 
 def test_eval_throughput_benchmark_runs(tmp_path):
-    out = tmp_path / "eval.json"
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_throughput.py"), "--n", "4",
-                          "--json", str(out)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    rows = json.loads(out.read_text())["results"]
+    rows = run_benchmark("eval_throughput.py", tmp_path / "eval.json", "--n", "4")[0]["results"]
     assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "quick suite", "paper suite"]
     assert all(r["images_per_s"] > 0 for r in rows)
 
 
 def test_inference_benchmark_runs(tmp_path):
-    out = tmp_path / "inf.json"
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--iters", "2",
-                          "--json", str(out)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    rows = json.loads(out.read_text())["results"]
+    data, stdout = run_benchmark("inference.py", tmp_path / "inf.json", "--iters", "2")
+    rows = data["results"]
     assert {(r["runtime"], r["batch"]) for r in rows} >= {("torch eager (cpu)", 1), ("onnxruntime CPU", 1),
                                                            ("torch eager (cpu)", 64), ("onnxruntime CPU", 64)}
-    assert "vs torch cpu" in res.stdout
+    assert "vs torch cpu" in stdout

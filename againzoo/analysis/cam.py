@@ -96,7 +96,8 @@ def cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, 
         raise ValueError("head='ase' needs an AgainModel")
     layout = model.layout if isinstance(model, AgainModel) else "NCHW"
     before_gate = head == "ase"
-    logits, aux, a = _capture(model, layer, x, before_gate, grad=False)
+    grad_pass = method == "grad-cam"  # otherwise try CAM first, which needs no graph
+    logits, aux, a = _capture(model, layer, x, before_gate, grad=grad_pass)
     if a.ndim == 3:
         layout = "NLC"
     out = aux if head == "ase" else logits
@@ -116,8 +117,9 @@ def cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, 
         if method == "cam":
             raise ValueError(f"CAM does not apply at layer {layer!r}: it is not followed by GAP + Linear")
     # Grad-CAM
-    logits, aux, a = _capture(model, layer, x, before_gate, grad=True)
-    out = aux if head == "ase" else logits
+    if not grad_pass:
+        logits, aux, a = _capture(model, layer, x, before_gate, grad=True)
+        out = aux if head == "ase" else logits
     score = out.gather(1, classes[:, None]).sum()
     (g,) = torch.autograd.grad(score, a)
     feats, g = _to_nchw(a.detach(), layout), _to_nchw(g, layout)

@@ -28,6 +28,7 @@ from ..errors import ConfigError, DataError
 from ..evaluation import accuracy
 from ..factory import build_model
 from ..hub import model_config, save_pretrained
+from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
 from ..recipes import Recipe
 from .awp import AWP
@@ -35,10 +36,7 @@ from .checkpoint import STATE, load_state, save_state
 from .methods import METHODS, Method, StepContext
 from .schedule import lr_factor
 
-DATASET_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+DATASET_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
 
 
 def resolve_device(device: str | None) -> torch.device:
