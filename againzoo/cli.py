@@ -50,7 +50,8 @@ def train(
 @user_errors
 def eval_cmd(
     source: str = typer.Argument(..., help="run directory (its best/ checkpoint by default) or checkpoint dir"),
-    suite: str = typer.Option("quick", "--suite", help="quick, paper or full"),
+    suite: str = typer.Option("quick", "--suite", help="quick, paper, full, or aa (RobustBench's protocol: "
+                              "the official standard AutoAttack only)"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     n_examples: int = typer.Option(1000, "--n-examples", "-n"),
     eps: Optional[str] = typer.Option(None, "--eps", help="budget, e.g. 8/255 (default: the training recipe's)"),
@@ -77,9 +78,12 @@ def eval_cmd(
     for f in result["flags"]:
         if not f["passed"]:
             typer.echo(f"FLAG {f['check']}: {f['detail']}")
-    if result.get("autoattack"):
-        typer.echo(f"note: {result['autoattack']}")
-    typer.echo(f"wrote {wdir / 'eval.json'}")
+    aa = result.get("autoattack")
+    if aa:
+        runs = ", ".join(f"{gate} gate {100 * r['acc']:.2f}" for gate, r in aa["runs"].items())
+        typer.echo(f"AutoAttack: official pyautoattack {aa['version']} (standard: {', '.join(aa['attacks'])}); {runs}"
+                   + ("" if aa["budget"] == "standard" else f"; REDUCED budget {aa['budget']}"))
+    typer.echo(f"wrote {wdir / 'eval.json'}" + (f" and {wdir / 'robustbench.json'}" if aa else ""))
 
 
 @app.command()

@@ -2,19 +2,23 @@
 
 Suites (L-inf or L2, budget ``eps``):
 
-* ``quick``: APGD-CE and APGD-T (DLR, 9 targets), plus their adaptive variants for gated models.
-* ``paper``: the columns of the paper's tables, Clean, PGD-10/20/50/100, C&W-inf (PGD on the
-  margin loss, 30 steps) and AutoAttack "standard" as APGD-CE + APGD-T + Square (Croce & Hein 2020;
-  FAB-T is not implemented here, which the result states). For AGAIN models the white-box attacks
-  use the joint loss (the paper's protocol, section 5.2.2), and a non-adaptive PGD-20 on the main
-  logits is added to measure how much a naive evaluation overstates robustness.
-* ``full``: ``paper`` + every adaptive variant (standard, joint, straight-through gate) of every
-  white-box attack, + the gate-targeted attack.
+* ``quick``: APGD-CE and APGD-T (DLR, 9 targets) in every mode the model supports (``standard``,
+  and for gated models the adaptive ``joint`` / ``st`` objectives), plus the gate-targeted attack.
+* ``paper``: the columns of the paper's tables: Clean, PGD-10/20/50/100, C&W-inf (PGD on the
+  margin loss, 30 steps) and AA, the **official AutoAttack** (package ``pyautoattack``,
+  ``version="standard"``: APGD-CE, APGD-T, FAB-T, Square). For AGAIN models the PGD and C&W
+  attacks use the joint loss (the paper's protocol, section 5.2.2), a non-adaptive PGD-20 on the
+  main logits is added, and AA runs twice, with the hard gate and with the straight-through gate
+  (the column is the per-example worst case of both).
+* ``full``: ``paper`` with every PGD / C&W in every mode, our APGD-CE / APGD-T on the adaptive
+  objectives (which the official code, CE/DLR only, cannot run), and the gate-targeted attack.
+* ``aa``: exactly what RobustBench runs, the official standard AutoAttack and nothing else (plus
+  the straight-through run for gated models, reported separately and in the worst case).
 
-Each white-box attack runs on every clean-correct example; Square runs last, on the examples that
-every white-box attack failed on (as in AutoAttack). A column's accuracy is the per-example worst
-case over its variants; ``worst_case_acc`` is the per-example worst case over the whole suite.
-Attacks run in fp32 with the model in eval mode; all randomness comes from seeded generators.
+Our white-box attacks run on every clean-correct example; AutoAttack runs on all examples, as
+RobustBench runs it. A column's accuracy is the per-example worst case over its variants;
+``worst_case_acc`` is the per-example worst case over the whole suite. Attacks run in fp32 with the
+model in eval mode; all randomness comes from seeded generators.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -31,17 +35,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adapter import AgainModel
+from . import autoattack as AA
 from .attacks import adaptive as A
 from .attacks.apgd import apgd, apgd_targeted
 from .attacks.pgd import fgsm, pgd
-from .attacks.square import square
 from .errors import ConfigError
 
-SUITES = ("quick", "paper", "full")
-AUTOATTACK_NOTE = ("AutoAttack (Croce & Hein 2020) standard = APGD-CE + APGD-T + FAB-T + Square; APGD and Square "
-                   "are reimplemented in againzoo after the papers; FAB-T is not implemented, so the AA column is "
-                   "APGD-CE + APGD-T + Square")
+SUITES = ("quick", "paper", "full", "aa")
 
 
 # -- small helpers used by training too ------------------------------------------------------
@@ -86,13 +86,12 @@ class AttackSpec:
     """One attack run of a suite."""
 
     column: str  # the result column it counts towards (PGD-20, C&W, AA, ...)
-    kind: str  # fgsm | pgd | apgd_ce | apgd_t | square | gate
+    kind: str  # fgsm | pgd | apgd_ce | apgd_t | gate | autoattack (the official package)
     mode: str = "standard"  # standard | joint | st | gate (see againzoo.attacks.adaptive)
     steps: int = 10
     loss: str = "ce"
     restarts: int = 1
     n_targets: int = 9
-    queries: int = 5000
     label: str = ""
 
     @property
@@ -109,9 +108,10 @@ class AttackSpec:
             s.update(n_iter=self.steps, loss="ce", restarts=self.restarts)
         elif self.kind == "apgd_t":
             s.update(n_iter=self.steps, loss="dlr_targeted", n_targets=self.n_targets)
-        elif self.kind == "square":
-            s.update(n_queries=self.queries, p_init=0.8, loss="margin", black_box=True,
-                     run_on="examples robust to every white-box attack of the suite")
+        elif self.kind == "autoattack":
+            s.update(implementation="pyautoattack (official AutoAttack, Croce & Hein 2020)", version="standard",
+                     attacks=list(AA.ATTACKS), gate="straight_through" if self.mode == "st" else "hard",
+                     run_on="all examples (as RobustBench)")
         return s
 
 
@@ -123,9 +123,12 @@ def _named(spec: AttackSpec, multi_mode: bool) -> AttackSpec:
     return AttackSpec(**{**asdict(spec), "label": label})
 
 
-def suite_specs(suite: str, model: nn.Module, aa_iter: int = 100, square_queries: int = 5000,
-                n_targets: int = 9, pgd_steps: tuple[int, ...] = (10, 20, 50, 100), cw_steps: int = 30) -> list[AttackSpec]:
-    """The attacks of ``suite`` for ``model`` (adaptive variants depend on what the model exposes)."""
+def suite_specs(suite: str, model: nn.Module, aa_iter: int = 100, n_targets: int = 9,
+                pgd_steps: tuple[int, ...] = (10, 20, 50, 100), cw_steps: int = 30) -> list[AttackSpec]:
+    """The attacks of ``suite`` for ``model`` (adaptive variants depend on what the model exposes).
+
+    ``aa_iter`` / ``n_targets`` are the budgets of our APGD runs (quick and full suites); the
+    official AutoAttack's budgets are its own (see :func:`evaluate`'s ``aa_budget``)."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
     modes = A.available_modes(model)
@@ -138,24 +141,34 @@ def suite_specs(suite: str, model: nn.Module, aa_iter: int = 100, square_queries
         for m in which or [primary]:
             specs.append(_named(AttackSpec(column, kind, m, steps, loss, n_targets=n_targets), multi))
 
+    def official() -> None:
+        for m in ["standard", "st"] if A.has_gate(model) else ["standard"]:
+            label = f"AA [{'hard' if m == 'standard' else 'st'}]" if A.has_gate(model) else "AA"
+            specs.append(AttackSpec("AA", "autoattack", m, label=label))
+
     if suite == "quick":
         white("APGD", "apgd_ce", aa_iter, which=white_modes)
         white("APGD", "apgd_t", aa_iter, "dlr_t", which=white_modes)
         if "gate" in modes:
             specs.append(_named(AttackSpec("gate", "gate", "gate", 50), multi))
         return specs
+    if suite == "aa":
+        official()
+        return specs
     variants = white_modes if suite == "full" else [primary]
     for k in pgd_steps:
         white(f"PGD-{k}", "pgd", k, which=variants)
     white("C&W", "pgd", cw_steps, "margin", which=variants)
-    white("AA", "apgd_ce", aa_iter, which=variants)
-    white("AA", "apgd_t", aa_iter, "dlr_t", which=variants)
     if suite == "paper" and A.is_again(model):  # the naive, non-adaptive reference
         specs.append(AttackSpec("PGD-20" if 20 in pgd_steps else "non-adaptive", "pgd", "standard", 20,
                                 label="PGD-20 [standard]"))
+    adaptive = [m for m in white_modes if m != "standard"]
+    if suite == "full" and adaptive:  # APGD on the objectives the official code cannot run
+        white("APGD (adaptive)", "apgd_ce", aa_iter, which=adaptive)
+        white("APGD (adaptive)", "apgd_t", aa_iter, "dlr_t", which=adaptive)
     if suite == "full" and "gate" in modes:
         specs.append(_named(AttackSpec("gate", "gate", "gate", max(pgd_steps)), multi))
-    specs.append(AttackSpec("AA", "square", "standard", queries=square_queries, label="Square"))
+    official()
     return specs
 
 
@@ -164,10 +177,6 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
     """Adversarial examples of one spec for one batch."""
     logits_fn = lambda z: model(z)
     with A.mode_context(model, spec.mode):
-        if spec.kind == "square":
-            if norm != "Linf":
-                raise ConfigError("Square is implemented for L-inf only")
-            return square(logits_fn, x, y, eps, spec.queries, generator=generator)
         if spec.kind == "gate":
             return A.gate_targeted(model, x, y, eps, spec.steps, eps / 4, norm, generator)
         if spec.kind == "apgd_t":
@@ -217,11 +226,27 @@ def _batched_correct(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: tor
     return out
 
 
+def short_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, queries: int,
+                 seed: int, batch_size: int) -> torch.Tensor:
+    """Per-example correctness after the official Square Attack (pyautoattack) with ``queries`` queries."""
+    from pyautoattack.square import SquareAttack
+
+    sq = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm=norm, n_restarts=1, seed=seed,
+                      verbose=False, device=x.device, resc_schedule=False)
+    out = torch.zeros(len(y), dtype=torch.bool)
+    for i in range(0, len(y), batch_size):
+        adv = sq.perturb(x[i:i + batch_size], y[i:i + batch_size])
+        with torch.no_grad():
+            out[i:i + batch_size] = (model(adv).argmax(1) == y[i:i + batch_size]).cpu()
+    return out
+
+
 def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, num_classes: int,
-                     batch_size: int, seed: int, square_gain: float | None = None, square_queries: int = 1000,
+                     batch_size: int, seed: int, square_queries: int = 1000,
                      progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The Carlini et al. 2019 / AutoAttack sanity checks, on the (clean-correct) examples ``x``,
-    with non-adaptive attacks on the main logits: they diagnose what a naive evaluation sees."""
+    with non-adaptive attacks on the main logits: they diagnose what a naive evaluation sees.
+    The black-box reference is the official Square Attack (pyautoattack)."""
     n = len(y)
     flags: list[dict[str, Any]] = []
     numbers: dict[str, Any] = {"n": n}
@@ -261,16 +286,11 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     idx = ok_all.nonzero().squeeze(1)
     fooled = 0
     if idx.numel():
-        sq = AttackSpec("Square", "square", queries=square_queries)
-        fooled = int((~_batched_correct(model, sq, x[idx], y[idx], eps, norm, batch_size, gen, lambda: None)).sum())
+        fooled = int((~short_square(model, x[idx], y[idx], eps, norm, square_queries, seed, batch_size)).sum())
     numbers.update(square_queries=square_queries, square_gain=fooled / n)
     flags.append(_flag("whitebox_beats_square", fooled / n <= 0.005,
-                       f"Square ({square_queries} queries) fooled {100 * fooled / n:.2f}% of the examples that "
-                       "FGSM/PGD on the main logits missed (flagged above 0.5 points)"))
-    if square_gain is not None:
-        flags.append(_flag("whitebox_beats_square_suite", square_gain <= 0.005,
-                           f"in the suite, Square fooled {100 * square_gain:.2f}% of the examples every white-box "
-                           "attack missed (AutoAttack's check; flagged above 0.5 points)"))
+                       f"Square ({square_queries} queries, pyautoattack) fooled {100 * fooled / n:.2f}% of the examples "
+                       "that FGSM/PGD on the main logits missed (flagged above 0.5 points)"))
 
     xg = x[:batch_size].clone().requires_grad_(True)
     with torch.enable_grad():
@@ -295,11 +315,13 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "quick", eps: float = 8 / 255,
              norm: str = "Linf", batch_size: int = 256, seed: int = 0, n_check: int = 200, checks: bool = True,
              progress: bool = True, data: dict[str, Any] | None = None, reference: dict[str, Any] | None = None,
-             **suite_kw: Any) -> dict[str, Any]:
+             aa_budget: dict[str, int] | None = None, **suite_kw: Any) -> dict[str, Any]:
     """Run ``suite`` on ``(x, y)`` (float [0, 1] NCHW, int labels); returns the eval.json dict.
 
-    ``suite_kw`` tunes the budgets (``aa_iter``, ``square_queries``, ``n_targets``, ``pgd_steps``,
-    ``cw_steps``) for quick runs; the defaults are the standard ones.
+    ``suite_kw`` tunes the budgets of our attacks (``aa_iter``, ``n_targets``, ``pgd_steps``,
+    ``cw_steps``) and ``aa_budget`` (``n_iter``, ``n_targets``, ``n_queries``) the official
+    AutoAttack's, for quick runs; the defaults are the standard ones, and a result run with a
+    reduced AutoAttack budget says so in ``autoattack.budget``.
     """
     t0 = time.time()
     model.eval()
@@ -318,23 +340,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     bar = tqdm(total=len(specs) * batches, desc=f"{suite} suite", disable=not progress)
     correct: dict[str, torch.Tensor] = {}
     attacks: dict[str, Any] = {}
-    whitebox_ok = torch.ones(len(idx), dtype=torch.bool)
-    square_gain = None
+    aa_runs: list[AA.AutoAttackRun] = []
     for spec in specs:
-        if spec.kind == "square":
-            sub = whitebox_ok.nonzero().squeeze(1)
-            ok = torch.ones(len(idx), dtype=torch.bool)
-            if sub.numel():
-                ok[sub] = _batched_correct(model, spec, xc[sub.to(dev)], yc[sub.to(dev)], eps, norm, batch_size, gen,
-                                           lambda: bar.update(1))
-            bar.update(max(0, batches - math.ceil(sub.numel() / batch_size)))
-            square_gain = float((~ok).sum()) / max(1, n)
-            ok = ok & whitebox_ok  # cumulative, as AutoAttack reports it
+        settings = spec.settings(eps, norm)
+        if spec.kind == "autoattack":
+            run = AA.run_autoattack(model, x, y, eps, norm, settings["gate"], batch_size, seed, aa_budget)
+            aa_runs.append(run)
+            ok = run.robust[idx.cpu()]
+            settings.update(after_attack=run.after_attack, seconds=round(run.seconds, 2))
+            bar.update(batches)
         else:
             ok = _batched_correct(model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1))
-            whitebox_ok &= ok
         correct[spec.name] = ok
-        attacks[spec.name] = {"acc": float(ok.sum()) / n, "column": spec.column, "settings": spec.settings(eps, norm)}
+        attacks[spec.name] = {"acc": float(ok.sum()) / n, "column": spec.column, "settings": settings}
     bar.close()
 
     def worst(names: list[str]) -> float:
@@ -358,7 +376,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         "worst_case_acc": worst_case,
     }
     if A.is_again(model) or A.has_gate(model):
-        naive = [s.name for s in specs if s.mode == "standard" and s.kind != "square"]
+        naive = [s.name for s in specs if s.mode == "standard"]
         if naive:
             result["non_adaptive_acc"] = worst(naive)
             result["adaptive_gap"] = result["non_adaptive_acc"] - worst_case
@@ -368,19 +386,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         flags.append(_flag("adaptive_gap", gap <= 0.01, f"non-adaptive attacks (main logits only) leave "
                            f"{100 * result['non_adaptive_acc']:.2f}%, the adaptive suite {100 * worst_case:.2f}%: "
                            f"a naive evaluation overstates robustness by {100 * gap:.2f} points"))
+    flags += AA.flags(aa_runs, eps)
     check_numbers: dict[str, Any] = {}
     if checks:
         k = min(n_check, len(idx))
-        sq = square_gain if any(s.kind == "square" for s in specs) else None
         f2, check_numbers = soundness_checks(model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1,
-                                             batch_size, seed, sq, progress=progress)
+                                             batch_size, seed, progress=progress)
         flags += f2
     result["flags"] = flags
     result["checks"] = check_numbers
-    result["masking_suspected"] = any(not f["passed"] for f in flags if f["check"] in (
-        "chance_at_large_eps", "more_steps_do_not_help", "iterative_beats_single_step", "whitebox_beats_square",
-        "no_zero_gradients", "adaptive_gap", "accuracy_decreases_with_eps", "whitebox_beats_square_suite"))
-    result["autoattack"] = AUTOATTACK_NOTE if "AA" in columns else None
+    result["masking_suspected"] = any(not f["passed"] for f in flags if f["check"] in MASKING_CHECKS)
+    result["autoattack"] = None if not aa_runs else {
+        "package": "pyautoattack", "version": AA.package_version(), "version_name": "standard",
+        "attacks": list(AA.ATTACKS), "budget": aa_budget or "standard",
+        "runs": {r.gate: {"acc": r.acc, "after_attack": r.after_attack, "seconds": round(r.seconds, 2)}
+                 for r in aa_runs},
+        "column": "per-example worst case of the runs" if len(aa_runs) > 1 else "the run"}
     result["reference"] = reference
     result["runtime"] = {"seconds": round(time.time() - t0, 2), "device": str(dev),
                          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -388,6 +409,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
                          "againzoo_version": __version__, "torch": torch.__version__,
                          "date": time.strftime("%Y-%m-%d")}
     return result
+
+
+MASKING_CHECKS = ("chance_at_large_eps", "more_steps_do_not_help", "iterative_beats_single_step",
+                  "whitebox_beats_square", "no_zero_gradients", "adaptive_gap", "accuracy_decreases_with_eps",
+                  "autoattack_square_success", "autoattack_zero_gradients", "autoattack_randomized")
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -405,6 +431,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ROBUSTBENCH = "robustbench.json"
+
+
 def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None = None, n_examples: int = 1000,
                         eps: float | None = None, split: str | None = None, device: str | None = None,
                         batch_size: int = 256, which: str = "best", progress: bool = True, write: bool = True,
@@ -417,6 +446,7 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     from .hub import CONFIG, from_pretrained
     from .io import atomic_write_json
     from .references import reference_for
+    from .robustbench import record as robustbench_record
     from .training.trainer import resolve_device
 
     path = Path(source)
@@ -430,19 +460,23 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
         eps = float((recipe.get("attack") or {}).get("eps", 8 / 255))
     x, yy, data = eval_data(config, data_dir, split, n_examples)
     ref = reference_for(recipe.get("name")) if suite == "paper" and abs(eps - 8 / 255) < 1e-9 else None
+    kw.setdefault("checks", suite != "aa")  # the aa suite is RobustBench's protocol and nothing else
     result = evaluate(model, x, yy, suite, eps, batch_size=batch_size, progress=progress, data=data,
                       reference=ref, **kw)
     result["model"] = {"source": str(source), "weights": str(wdir), "architecture": config.get("architecture"),
                        "again": config.get("again"), "recipe": recipe.get("name"), "epoch": config.get("epoch")}
     if write:
         atomic_write_json(wdir / "eval.json", result)
+        if result.get("autoattack"):
+            atomic_write_json(wdir / ROBUSTBENCH, robustbench_record(result, config))
     return result, wdir
 
 
 def eval_data(config: dict[str, Any], data_dir: str | None = None, split: str | None = None,
               n: int = 1000) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The first ``n`` test images of a checkpoint's dataset, as float [0, 1] NCHW, labels and a
-    description. CIFAR-10 defaults to the lossless 1,000-image subset when it is available."""
+    description. CIFAR-10 defaults to the lossless 1,000-image subset when it is available and
+    ``n`` fits in it (RobustBench's n_ex=1000), else to the full test set."""
     from .data import load_dataset
     from .errors import DataError
 
@@ -451,7 +485,7 @@ def eval_data(config: dict[str, Any], data_dir: str | None = None, split: str | 
     data_dir = data_dir or data.get("data_dir")
     if split is None:
         split = "test"
-        if dataset == "cifar10":
+        if dataset == "cifar10" and n <= 1000:
             try:
                 load_dataset(dataset, "test_lossless", data_dir)
                 split = "test_lossless"
@@ -459,5 +493,5 @@ def eval_data(config: dict[str, Any], data_dir: str | None = None, split: str | 
                 pass
     ds = load_dataset(dataset, split, data_dir)
     n = min(n, len(ds))
-    x = torch.from_numpy(ds.x[:n]).permute(0, 3, 1, 2).float().div(255)
+    x = torch.from_numpy(ds.x[:n]).permute(0, 3, 1, 2).float().div(255).contiguous()
     return x, torch.from_numpy(ds.y[:n]), {**ds.describe(), "n": n, "evaluated": f"first {n} images of {dataset}/{split}"}

@@ -91,6 +91,7 @@ class AttackSection(Section):
     random_start: bool = True
     norm: Literal["Linf", "L2"] = "Linf"
     bn_mode: Literal["eval", "train"] = "eval"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the attack's CE; off unless asked
 
     _numbers = field_validator("eps", "step_size", mode="before")(parse_number)
 
@@ -104,9 +105,14 @@ class AwpOptions(Section):
 
 
 class MethodSection(Section):
+    """``label_smoothing`` smooths the cross-entropy terms of the training loss (Szegedy et al. 2016):
+    the CE of PGD-AT / FGSM-RS / standard, TRADES' natural CE, the CE inside MART's boosted CE, and
+    the ASE term of Eq. 7. KL terms (TRADES, MART) and margins are left as they are."""
+
     name: Literal["standard", "pgd_at", "trades", "mart", "fgsm_rs"] = "pgd_at"
     beta: Optional[float] = Field(None, ge=0)
     awp: Optional[AwpOptions] = None
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _check(self) -> "MethodSection":
@@ -136,6 +142,20 @@ class LRSchedule(Section):
     warmup_epochs: float = Field(0.0, ge=0)
 
 
+class EmaSection(Section):
+    """Weight averaging: an exponential moving average of every parameter and buffer of the whole
+    model (backbone, ASE head, BN statistics), kept by ``timm.utils.ModelEmaV3`` and updated after
+    every optimiser step. At update ``t`` (1-based) the average becomes
+    ``ema = d_t * ema + (1 - d_t) * weights`` with ``d_1 = 0`` (a copy) and ``d_t = decay``, or with
+    ``warmup`` ``d_t = min(decay, 1 - (1 + (t - 1) / warmup_gamma) ** -warmup_power)``.
+    When on, monitoring, best-checkpoint selection and the saved weights use the average."""
+
+    decay: float = Field(0.9995, gt=0, lt=1)
+    warmup: bool = False
+    warmup_power: float = Field(0.75, gt=0)
+    warmup_gamma: float = Field(1.0, gt=0)
+
+
 class EvalSection(Section):
     """Per-epoch monitoring; the best checkpoint is chosen on the held-out slice of the train set."""
 
@@ -155,6 +175,7 @@ class Recipe(Section):
     attack: AttackSection = AttackSection()
     optimizer: OptimizerSection = OptimizerSection()
     lr_schedule: LRSchedule = LRSchedule()
+    ema: Optional[EmaSection] = None
     epochs: int = Field(120, ge=1)
     batch_size: int = Field(128, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -19,15 +19,18 @@ def run_benchmark(script: str, out: Path, *args: str) -> tuple[dict, str]:
 def test_train_throughput_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("train_throughput.py", tmp_path / "train.json", "--batch", "8", "--steps", "1",
                                  "--warmup", "0", "--attack-steps", "2")
-    assert [r["variant"] for r in data["results"]] == ["pgd_at", "again_pgd_at"]
+    assert [r["variant"] for r in data["results"]] == ["pgd_at", "again_pgd_at", "again_pgd_at_ema"]
     assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in data["results"])
-    assert "AGAIN overhead" in stdout
+    assert "AGAIN overhead" in stdout and "EMA overhead" in stdout
+    assert data["ema_overhead"] == data["results"][1]["images_per_s"] / data["results"][2]["images_per_s"] - 1
 
 
 def test_eval_throughput_benchmark_runs(tmp_path):
-    rows = run_benchmark("eval_throughput.py", tmp_path / "eval.json", "--n", "4")[0]["results"]
-    assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "quick suite", "paper suite"]
+    data, stdout = run_benchmark("eval_throughput.py", tmp_path / "eval.json", "--n", "4")
+    rows = data["results"]
+    assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "quick suite", "aa suite", "paper suite"]
     assert all(r["images_per_s"] > 0 for r in rows)
+    assert data["aa_over_quick"] > 0 and "official AutoAttack" in stdout
 
 
 def test_inference_benchmark_runs(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from againzoo.data import load_dataset
@@ -57,13 +58,14 @@ def _cli(out, *extra):
     return cmd + list(extra)
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--set", "ema.decay=0.9"]], ids=["raw", "ema"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cli(tmp_path / "ref"), check=True, env=env, capture_output=True)
+    subprocess.run(_cli(tmp_path / "ref", *extra), check=True, env=env, capture_output=True)
     ref = tmp_path / "ref" / "quickstart"
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(out, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = out / "quickstart"
     deadline = time.time() + 120
     while time.time() < deadline and len(read_jsonl(run / "metrics.jsonl")) < 1:
@@ -79,10 +81,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # unbroken, no duplicates
     model = load_local(run)
     assert model(torch.rand(2, 3, 16, 16)).shape == (2, 10)
-    # RNG streams, optimiser and loader order were restored: bit-identical to the uninterrupted run
-    a, _ = load_tensors(ref / "model.safetensors")
-    b, _ = load_tensors(run / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # RNG streams, optimiser, loader order (and the weight average) were restored: bit-identical to
+    # the uninterrupted run, the saved weights (the average when EMA is on) and the full state alike
+    for name in ("model.safetensors", "state/state.safetensors"):
+        a, _ = load_tensors(ref / name)
+        b, _ = load_tensors(run / name)
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    if extra:
+        assert any(k.startswith("ema.") for k in a)
 
 
 def test_existing_run_dir_is_not_overwritten(tmp_path):

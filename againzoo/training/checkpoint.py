@@ -1,7 +1,7 @@
 """Run-directory checkpoints and resume state.
 
 ``state/state.safetensors`` holds everything needed to continue after a kill: model weights,
-optimiser tensors, the RNG streams (torch CPU/CUDA, loader generators, the AGAIN schedule's
+the weight average (EMA) when there is one, optimiser tensors, the RNG streams (torch CPU/CUDA, loader generators, the AGAIN schedule's
 Python RNG) and the counters, with the non-tensor part as JSON metadata. One file, written
 atomically, so a resume sees either the previous epoch's state or this one's.
 """
@@ -16,14 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from ..io import load_tensors, save_tensors
 
 STATE = Path("state") / "state.safetensors"
 
 
 def save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random,
-               loader_state: dict[str, torch.Tensor], counters: dict[str, Any]) -> None:
+               loader_state: dict[str, torch.Tensor], counters: dict[str, Any], ema: nn.Module | None = None) -> None:
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
     opt = optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for pid, st in opt["state"].items():
@@ -44,11 +47,16 @@ def save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random,
-               device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+               device: torch.device, ema: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore in place; returns ``(counters, loader_state)``."""
     tensors, metadata = load_tensors(run_dir / STATE)
     meta = json.loads(metadata["againzoo_state"])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not averaged:
+            raise CheckpointError(f"{run_dir / STATE} holds no weight average, but the recipe has an ema section")
+        ema.module.load_state_dict(averaged)
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):

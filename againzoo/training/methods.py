@@ -12,6 +12,9 @@ label-mixed ASE gate, and both the attack and the loss carry the ASE term of Eq.
 * ``mart``: Wang et al. 2020, boosted CE on x_adv + beta * KL(f(x) || f(x_adv)) * (1 - p_y(x)).
 
 AWP (Wu et al. 2020) wraps any of pgd_at / trades / mart, see :mod:`againzoo.training.awp`.
+Label smoothing (``method.label_smoothing``) smooths the CE terms of the training loss only
+(TRADES: the natural CE; MART: the CE inside the boosted CE; the ASE term of Eq. 7), never the KL
+terms, and never the attack's loss unless ``attack.label_smoothing`` asks for it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class StepContext:
     aux_weight: float
     beta: float
     autocast: Callable[[], contextlib.AbstractContextManager]
+    label_smoothing: float = 0.0  # of the training loss's CE terms (the attack's: attack.label_smoothing)
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Logits:
         """Train-mode forward: ``(logits, aux_logits or None)``."""
@@ -50,10 +54,12 @@ class StepContext:
             return model(x, again=False), None
         return model(x), None
 
-    def aux_term(self, aux: torch.Tensor | None, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor | float:
+    def aux_term(self, aux: torch.Tensor | None, y: torch.Tensor, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> torch.Tensor | float:
+        """The ASE term of Eq. 7, ``aux_weight * CE(aux_logits, y)``; 0 without AGAIN."""
         if aux is None or not self.aux_weight:
             return 0.0
-        return self.aux_weight * F.cross_entropy(aux.float(), y, reduction=reduction)
+        return self.aux_weight * F.cross_entropy(aux.float(), y, reduction=reduction, label_smoothing=label_smoothing)
 
     @contextlib.contextmanager
     def attack_mode(self) -> Iterator[None]:
@@ -81,9 +87,11 @@ class StepContext:
 
 
 def _ce_attack_loss(ctx: StepContext, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    ls = ctx.attack.label_smoothing
+
     def loss(xa: torch.Tensor) -> torch.Tensor:
         logits, aux = ctx.attack_forward(xa, y)
-        return F.cross_entropy(logits.float(), y, reduction="none") + ctx.aux_term(aux, y, "none")
+        return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=ls) + ctx.aux_term(aux, y, "none", ls)
     return loss
 
 
@@ -116,7 +124,8 @@ def _fgsm_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 def _ce_loss(ctx: StepContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None):
     logits, aux = ctx.forward(model, x if x_adv is None else x_adv, y)
-    return F.cross_entropy(logits.float(), y) + ctx.aux_term(aux, y), logits
+    ls = ctx.label_smoothing
+    return F.cross_entropy(logits.float(), y, label_smoothing=ls) + ctx.aux_term(aux, y, label_smoothing=ls), logits
 
 
 def _trades_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -131,30 +140,36 @@ def _trades_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return ctx.craft(x, loss, init=init)
 
 
-def trades_loss(nat_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """TRADES: CE(f(x), y) + beta * mean KL(softmax f(x) || softmax f(x_adv))."""
-    return F.cross_entropy(nat_logits.float(), y) + beta * _kl(nat_logits, adv_logits).mean()
+def trades_loss(nat_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+    """TRADES: CE(f(x), y) + beta * mean KL(softmax f(x) || softmax f(x_adv)).
+
+    Label smoothing applies to the natural CE only; the KL term is unchanged."""
+    return F.cross_entropy(nat_logits.float(), y, label_smoothing=label_smoothing) + beta * _kl(nat_logits, adv_logits).mean()
 
 
-def mart_loss(nat_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+def mart_loss(nat_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float,
+              label_smoothing: float = 0.0) -> torch.Tensor:
     """MART: BCE(f(x_adv), y) + beta * mean(KL(p(x) || p(x_adv)) * (1 - p_y(x))).
 
-    BCE = CE(f(x_adv), y) - log(1 - max_{k != y} p_k(x_adv)).
+    BCE = CE(f(x_adv), y) - log(1 - max_{k != y} p_k(x_adv)). Label smoothing applies to the CE
+    inside BCE only; the margin term and the weighted KL are unchanged.
     """
     adv_probs = F.softmax(adv_logits.float(), 1)
     top2 = adv_probs.argsort(1)[:, -2:]
     other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    bce = F.cross_entropy(adv_logits.float(), y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
+    bce = F.cross_entropy(adv_logits.float(), y, label_smoothing=label_smoothing) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
     nat_probs = F.softmax(nat_logits.float(), 1)
     true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
     return bce + beta * (_kl(nat_logits, adv_logits) * (1.0000001 - true_probs)).mean()
 
 
-def _pair_loss(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]):
+def _pair_loss(fn: Callable[..., torch.Tensor]):
     def loss(ctx: StepContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None):
         nat_logits, _ = ctx.forward(model, x, y)
         adv_logits, aux = ctx.forward(model, x_adv, y)
-        return fn(nat_logits, adv_logits, y, ctx.beta) + ctx.aux_term(aux, y), adv_logits
+        ls = ctx.label_smoothing
+        return fn(nat_logits, adv_logits, y, ctx.beta, ls) + ctx.aux_term(aux, y, label_smoothing=ls), adv_logits
     return loss
 
 

@@ -2,10 +2,13 @@
 
 Per batch: the AGAIN schedule decides (a host-side Bernoulli draw, no device sync) whether this
 batch uses AGAIN; the method crafts the adversarial batch and computes its loss; AWP, when
-enabled, perturbs the weights around the optimiser step. Per epoch: monitoring on a held-out
+enabled, perturbs the weights around the optimiser step; the weight average (EMA, timm's
+ModelEmaV3), when the recipe has one, is updated after the step. Per epoch: monitoring on a held-out
 slice of the training set (which picks the best checkpoint; the test set never does), on the
 test set and on a training subset (for the generalisation gaps of Fig. 3), then atomic writes of
-``metrics.jsonl``, ``best/``, the last checkpoint, ``state/`` and ``curves.png``.
+``metrics.jsonl``, ``best/``, the last checkpoint, ``state/`` and ``curves.png``. With EMA on,
+monitoring, selection and the saved weights are the average's; the raw weights' monitoring goes
+to the ``raw_*`` columns.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from .. import recipes as recipes_mod
@@ -102,7 +106,7 @@ def _plot_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     ep = [r["epoch"] + 1 for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for key, style in (("train_clean_acc", "C0--"), ("test_clean_acc", "C0-"), ("train_robust_acc", "C3--"),
-                       ("test_robust_acc", "C3-"), ("val_robust_acc", "C2:")):
+                       ("test_robust_acc", "C3-"), ("val_robust_acc", "C2:"), ("raw_val_robust_acc", "C1:")):
         pts = [(e, r[key]) for e, r in zip(ep, rows) if r.get(key) is not None]
         if pts:
             ax1.plot(*zip(*pts), style, label=key.replace("_acc", ""))
@@ -115,9 +119,20 @@ def _plot_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def make_ema(recipe: Recipe, model: torch.nn.Module) -> ModelEmaV3 | None:
+    """timm's ModelEmaV3 over the whole model (parameters and buffers) when the recipe asks for it."""
+    e = recipe.ema
+    if e is None:
+        return None
+    return ModelEmaV3(model, decay=e.decay, use_warmup=e.warmup, warmup_gamma=e.warmup_gamma,
+                      warmup_power=e.warmup_power)
+
+
 def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, awp: AWP | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step: craft, (AWP perturb), loss, backward, step, (AWP restore)."""
+               y: torch.Tensor, awp: AWP | None = None, ema: ModelEmaV3 | None = None,
+               step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: craft, (AWP perturb), loss, backward, step, (AWP restore), (EMA
+    update number ``step``, 1-based)."""
     model = ctx.model
     x_adv = method.craft(ctx, x, y)
     diff = awp.perturbation(ctx, method, x, y, x_adv) if awp is not None else None
@@ -131,6 +146,8 @@ def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimize
     optimizer.step()
     if diff is not None:
         awp.apply(diff, -1.0)
+    if ema is not None:
+        ema.update(model, step=step)
     return loss.detach(), logits.detach()
 
 
@@ -183,17 +200,21 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     if awp_cfg is not None:
         proxy = make_model(recipe, num_classes, model_args).to(dev)
         awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr)
+    ema = make_ema(recipe, model)
     rng = random.Random(recipe.seed)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     again_on = isinstance(model, AgainModel)
     label_names = list(full.classes)
-    config = model_config(model, label_names, {"recipe": recipe.to_dict(), "training_data": full.describe()})
+    weights = ({"kind": "ema", **recipe.ema.model_dump(), "implementation": "timm.utils.ModelEmaV3"}
+               if ema is not None else {"kind": "raw"})
+    config = model_config(model, label_names, {"recipe": recipe.to_dict(), "training_data": full.describe(),
+                                               "weights": weights})
 
     run_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_robust": -1.0, "best_epoch": None}
     if resume is not None:
         if (run_dir / STATE).exists():
-            counters, loader_state = load_state(run_dir, model, optimizer, rng, dev)
+            counters, loader_state = load_state(run_dir, model, optimizer, rng, dev, ema)
             loader.load_state_dict(loader_state)
         # drop lines of epochs that will be re-run (written after the last saved state)
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < counters["epoch"]]
@@ -210,6 +231,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         "train": _to_tensor(train_ds, recipe.eval.n_train) if recipe.eval.n_train else None,
     }
     eps = recipe.attack.eps
+    published = ema.module if ema is not None else model
     bar = tqdm(total=total, initial=counters["step"], disable=not progress, unit="step", dynamic_ncols=True,
                desc=recipe.name)
     for epoch in range(counters["epoch"], recipe.epochs):
@@ -226,8 +248,9 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
             again = again_on and rng.random() < p_again
             again_batches += again
             ctx = StepContext(model, recipe.attack, again, recipe.model.again.aux_weight,
-                              recipe.method.beta if recipe.method.beta is not None else method.default_beta, autocast)
-            loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None)
+                              recipe.method.beta if recipe.method.beta is not None else method.default_beta, autocast,
+                              recipe.method.label_smoothing)
+            loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -245,19 +268,23 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
                                "train_adv_acc": float(correct) / max(1, seen), "train_time_s": round(train_time, 3),
                                "images_per_s": round(seen / max(train_time, 1e-9), 1)}
         if (epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.epochs:
-            for split, data in monitor.items():
-                if data is None:
-                    continue
-                row[f"{split}_clean_acc"] = accuracy(model, *data)
-                row[f"{split}_robust_acc"] = accuracy(model, *data, eps=eps, steps=recipe.eval.attack_steps, seed=epoch)
+            # the published weights (the average when EMA is on) get the plain column names
+            nets = [("", published)] + ([("raw_", model)] if ema is not None else [])
+            for prefix, net in nets:
+                for split, data in monitor.items():
+                    if data is None:
+                        continue
+                    row[f"{prefix}{split}_clean_acc"] = accuracy(net, *data)
+                    row[f"{prefix}{split}_robust_acc"] = accuracy(net, *data, eps=eps, steps=recipe.eval.attack_steps,
+                                                                  seed=epoch)
         append_jsonl(run_dir / "metrics.jsonl", row)
         val_r = row.get("val_robust_acc")
         if val_r is not None and val_r > counters["best_val_robust"]:
             counters.update(best_val_robust=val_r, best_epoch=epoch)
-            save_pretrained(model, run_dir / "best", {**config, "epoch": epoch, "selected_by": "val_robust_acc"})
-        save_pretrained(model, run_dir, {**config, "epoch": epoch})
+            save_pretrained(published, run_dir / "best", {**config, "epoch": epoch, "selected_by": "val_robust_acc"})
+        save_pretrained(published, run_dir, {**config, "epoch": epoch})
         counters["epoch"] = epoch + 1
-        save_state(run_dir, model, optimizer, rng, loader.state_dict(), counters)
+        save_state(run_dir, model, optimizer, rng, loader.state_dict(), counters, ema)
         _plot_curves(run_dir, read_jsonl(run_dir / "metrics.jsonl"))
     bar.close()
     return run_dir

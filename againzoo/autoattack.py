@@ -1,0 +1,165 @@
+"""The official AutoAttack (Croce & Hein 2020, the registry package ``pyautoattack``) on againzoo models.
+
+``run_autoattack`` runs ``AutoAttack(version="standard")``: APGD-CE, APGD-T (9 targets), FAB-T
+(9 targets) and Square (5,000 queries), exactly as RobustBench does, on a model in eval mode and
+fp32, and returns the per-example robustness, the robust accuracy after each attack and the
+package's own soundness checks as flags. Models with a non-differentiable gate (AGAIN's ASE argmax,
+or anything exposing ``gate_mode``) can be attacked with the straight-through gate
+(``gate="straight_through"``: hard forward, softmax-weighted backward), which the package cannot
+do by itself; the caller takes the per-example worst case of both runs.
+
+``budget`` lowers the iteration/query counts for tests only; any result run with it says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+GATES = ("hard", "straight_through")
+# pyautoattack's check messages (checks.py), matched to a check name each
+CHECKS = {
+    "randomized": "randomized defense",
+    "range_output": "probability distribution",
+    "dynamic": "dynamic defense",
+    "n_classes": "target classes",
+    "zero_gradients": "zero gradient",
+    "square_success": "Square Attack has decreased",
+}
+_AFTER = re.compile(r"robust accuracy after ([A-Z-]+): ([0-9.]+)%")
+
+
+def package_version() -> str:
+    import pyautoattack
+
+    return getattr(pyautoattack, "__version__", "unknown")
+
+
+@dataclass
+class AutoAttackRun:
+    """One official AutoAttack run."""
+
+    gate: str
+    robust: torch.Tensor  # bool per example: correct before and after the attack
+    x_adv: torch.Tensor
+    after_attack: dict[str, float]  # robust accuracy after each attack, as pyautoattack logs it (2 decimals)
+    warnings: dict[str, str] = field(default_factory=dict)  # check name -> the package's message
+    seconds: float = 0.0
+    max_perturbation: float = 0.0
+
+    @property
+    def acc(self) -> float:
+        return int(self.robust.sum()) / len(self.robust) if len(self.robust) else 0.0
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[list[str]]:
+    """Collect pyautoattack's log lines and warnings instead of printing them."""
+    logger = logging.getLogger("auto-attack")
+    handler, level, propagate = _Collect(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    messages = handler.messages
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+        messages.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _set_iterations(apgd: Any, n_iter: int) -> None:
+    """APGD derives its step-size checkpoints from n_iter in __init__: keep them consistent."""
+    apgd.n_iter = apgd.n_iter_orig = n_iter
+    apgd.n_iter_2 = max(int(0.22 * n_iter), 1)
+    apgd.n_iter_min = max(int(0.06 * n_iter), 1)
+    apgd.size_decr = max(int(0.03 * n_iter), 1)
+
+
+def make_adversary(model: nn.Module, eps: float, norm: str, seed: int, device: torch.device,
+                   budget: dict[str, int] | None = None) -> Any:
+    """``pyautoattack.AutoAttack(version="standard")``, optionally with reduced budgets (tests)."""
+    from pyautoattack import AutoAttack
+
+    aa = AutoAttack(model, norm=norm, eps=eps, seed=seed, version="standard", device=device)
+    if budget:
+        unknown = set(budget) - {"n_iter", "n_targets", "n_queries"}
+        if unknown:
+            raise UsageError(f"unknown AutoAttack budget keys {sorted(unknown)}; allowed: n_iter, n_targets, n_queries")
+        if "n_iter" in budget:
+            _set_iterations(aa.apgd, budget["n_iter"])
+            _set_iterations(aa.apgd_targeted, budget["n_iter"])
+            aa.fab.n_iter = budget["n_iter"]
+        if "n_targets" in budget:
+            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = budget["n_targets"]
+        if "n_queries" in budget:
+            aa.square.n_queries = budget["n_queries"]
+    return aa
+
+
+def gate_context(model: nn.Module, gate: str) -> contextlib.AbstractContextManager:
+    if gate not in GATES:
+        raise UsageError(f"gate must be one of {GATES}, got {gate!r}")
+    if gate == "straight_through":
+        if not hasattr(model, "gate_mode"):
+            raise UsageError(f"{type(model).__name__} has no gate_mode(); the straight-through run needs one")
+        return model.gate_mode("straight_through")
+    return contextlib.nullcontext()
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+                   gate: str = "hard", batch_size: int = 250, seed: int = 0,
+                   budget: dict[str, int] | None = None) -> AutoAttackRun:
+    """Official standard AutoAttack on ``(x, y)`` (float [0, 1] NCHW on the model's device)."""
+    model.eval()
+    t0 = time.time()
+    x = x.contiguous()  # pyautoattack .view()s gradients shaped like x
+    aa = make_adversary(model, eps, norm, seed, x.device, budget)
+    with _captured() as messages, gate_context(model, gate):
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+    with torch.no_grad():
+        robust = torch.cat([(model(x_adv[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
+                            for i in range(0, len(y), batch_size)]) if len(y) else torch.zeros(0, dtype=torch.bool)
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    after = {m.group(1).lower(): round(float(m.group(2)) / 100, 6) for m in map(_AFTER.search, messages) if m}
+    found = {name: msg for name, key in CHECKS.items() for msg in messages if key in msg}
+    return AutoAttackRun(gate, robust, x_adv.detach(), after, found, time.time() - t0,
+                         float(size.max()) if len(size) else 0.0)
+
+
+def flags(runs: list[AutoAttackRun], eps: float) -> list[dict[str, Any]]:
+    """pyautoattack's own checks (checks.py) as eval.json flags, one per check and run."""
+    out = []
+    for r in runs:
+        for name in CHECKS:
+            msg = r.warnings.get(name)
+            out.append({"check": f"autoattack_{name}", "passed": msg is None,
+                        "detail": f"[{r.gate} gate] " + (msg or "pyautoattack raised no warning")})
+        out.append({"check": "autoattack_within_eps", "passed": r.max_perturbation <= eps + 1e-6,
+                    "detail": f"[{r.gate} gate] largest perturbation {r.max_perturbation:.6f} (eps {eps:.6f})"})
+    return out
