@@ -6,7 +6,7 @@
 
 ``pretrained`` is False (untrained), True (the zoo's registry, ``againzoo/registry.py``, checked
 against its sha256), a local checkpoint directory, or a Hugging Face Hub repo id. ``dataset``
-('cifar10' or 'cifar100') picks the registry entry; ``num_classes`` defaults to the dataset's.
+('cifar10', 'cifar100' or the demo 'digits') picks the registry entry; ``num_classes`` defaults to the dataset's.
 Measured metrics of each published checkpoint are in its eval.json, its Hub card and
 MODEL_CARD.md.
 """
@@ -15,7 +15,7 @@ dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "yaml", "pyda
 
 from againzoo import create_model as _create  # noqa: E402
 
-_CLASSES = {"cifar10": 10, "cifar100": 100}
+_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # digits: the embedded demo dataset
 
 
 def _entry(name, pretrained, num_classes, dataset, kwargs):
@@ -33,6 +33,17 @@ def again_resnet18(pretrained=False, num_classes=None, dataset="cifar10", **kwar
     cifar100_resnet18_again_pgd_at, _again_awp. Metrics: MODEL_CARD.md / the Hub card's eval.json.
     """
     return _entry("again_resnet18", pretrained, num_classes, dataset, kwargs)
+
+
+def resnet18_cifar(pretrained=False, num_classes=None, dataset="cifar10", **kwargs):
+    """Plain ResNet-18 (CIFAR stem), no AGAIN: the zoo's PGD-AT baseline twin of again_resnet18
+    (recipe cifar10_resnet18_pgd_at_zoo, identical but for AGAIN). Metrics: MODEL_CARD.md.
+    """
+    if pretrained:
+        return _entry("resnet18_cifar", pretrained, num_classes, dataset, kwargs)
+    import timm
+
+    return timm.create_model("resnet18_cifar", num_classes=num_classes or _CLASSES[dataset], **kwargs)
 
 
 def again_preactresnet18(pretrained=False, num_classes=None, dataset="cifar10", **kwargs):

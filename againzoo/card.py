@@ -84,8 +84,19 @@ def _training(info: dict[str, Any]) -> str:
     if not rows:
         return "training log not available"
     seconds = sum(row.get("train_time_s", 0) for row in rows)
+    images = sum(row.get("images_per_s", 0) * row.get("train_time_s", 0) for row in rows)
     return (f"{len(rows)} epochs of {r.get('epochs', '?')}, {int(round(seconds))} s of training steps "
-            f"(monitoring excluded), batch {r.get('batch_size', '?')}")
+            f"(monitoring excluded, {int(round(images / max(seconds, 1e-9)))} img/s), batch {r.get('batch_size', '?')}")
+
+
+def _autoattack_line(ev: dict[str, Any]) -> str | None:
+    """The official AutoAttack runs of an eval.json, one per gate."""
+    aa = ev.get("autoattack")
+    if not isinstance(aa, dict):
+        return None
+    runs = ", ".join(f"{gate.replace('_', '-')} gate {pct(r['acc'])}" for gate, r in aa["runs"].items())
+    return (f"Official AutoAttack (pyautoattack {aa['version']}, standard: {', '.join(aa['attacks'])}): {runs}"
+            + ("; the AA column is their per-example worst case" if len(aa["runs"]) > 1 else ""))
 
 
 def model_index(info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,8 +125,11 @@ def _limitations(info: dict[str, Any]) -> list[str]:
     if trained_on.get("lossless") is False:
         out.append(f"Trained on lossy data ({trained_on.get('compression', 'JPEG')}, {trained_on.get('source')}): "
                    "the model learned the compressed distribution.")
-    if ev.get("autoattack"):
-        out.append(ev["autoattack"] + ".")
+    aa = ev.get("autoattack")
+    if isinstance(aa, str):  # records from before the official AutoAttack: their own note
+        out.append(aa + ".")
+    elif aa and aa.get("budget") != "standard":
+        out.append(f"AutoAttack ran with a reduced budget {aa['budget']}: not comparable with leaderboard numbers.")
     if _dataset(info) == "digits":
         out.append("A demonstration model on 16x16 digits, not a CIFAR model.")
     return out
@@ -145,6 +159,8 @@ def model_card(path: str | Path) -> str:
               "logits = model(images)  # float images in [0, 1], NCHW; normalisation is inside", "```", ""]
     lines += ["## Robustness (measured)", "", f"{ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, "
               f"{_data_line(ev)}; per-example worst case over every attack of the suite:", ""] + _eval_table(ev) + [""]
+    if _autoattack_line(ev):
+        lines += [_autoattack_line(ev) + ".", ""]
     if ev.get("reference"):
         lines += [f"Reference (not measured here): {ev['reference']['source']}.", ""]
     lines += ["## Training", "", f"Recipe `{name}` (in `config.json` and `recipe.yaml`): {recipe.get('description', '')}",
@@ -183,7 +199,9 @@ def zoo_card(paths: list[str | Path]) -> str:
                   f" ({(recipe.get('data') or {}).get('dataset', '?')}, held-out selection slice of "
                   f"{(recipe.get('data') or {}).get('val_size', '?')} training images)",
                   f"- Training cost: {_training(info)}",
-                  f"- Evaluation: {ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, {_data_line(ev)}", ""]
+                  f"- Evaluation: {ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, {_data_line(ev)}"]
+        aa_line = _autoattack_line(ev)
+        lines += ([f"- {aa_line}"] if aa_line else []) + [""]
         lines += _eval_table(ev) + [""]
         per = ", ".join(f"{k} {pct(v['acc'])}" for k, v in ev["attacks"].items())
         lines += [f"Per attack: {per}.", ""]

@@ -230,6 +230,60 @@ def analyze_curves(runs: List[Path], out: Path = OUT) -> None:
     typer.echo(f"wrote {r['png']}")
 
 
+zoo_app = typer.Typer(no_args_is_help=True, help="Build the zoo's published models; join results sent back in parts.")
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+@user_errors
+def zoo_build(
+    ids: List[str] = typer.Argument(None, help="zoo entries to build (default: all: again_resnet18 resnet18_cifar)"),
+    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="size the epochs (or skip entries) "
+                                                   "to finish inside this many minutes, from a measured throughput"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    device: str = typer.Option("auto", "--device"),
+    work_dir: Path = typer.Option(Path("runs/zoo"), "--work-dir", help="run directories and manifest.json"),
+    zoo_dir: Path = typer.Option(Path("zoo"), "--zoo-dir", help="where zoo/<id>/ is written"),
+    card: Path = typer.Option(Path("MODEL_CARD.md"), "--card"),
+    set_: List[str] = typer.Option([], "--set", help="override a key of every recipe: --set epochs=2"),
+    n_examples: int = typer.Option(1000, "--n-examples", "-n"),
+    parts_dir: Optional[Path] = typer.Option(None, "--parts-dir", help="also write the results as a tar in parts"),
+    split_mb: float = typer.Option(16, "--split-mb", help="largest part, MiB"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Train, publish (fp16), evaluate the published weights, register and re-card the zoo's models."""
+    from .zoo import build, pack
+
+    m = build(ids or None, zoo_dir=zoo_dir, card=card, work_dir=work_dir, budget_minutes=budget_minutes,
+              data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples, progress=not quiet)
+    for e in m["entries"]:
+        if "skipped" in e:
+            typer.echo(f"{e['id']}: SKIPPED ({e['skipped']})")
+        else:
+            r = e["registry"]["metrics"]
+            typer.echo(f"{e['id']}: {e['epochs']} of {e['recipe_epochs']} epochs, trained {e['train_s']} s, evaluated "
+                       f"{e['eval_s']} s; clean {100 * r['clean']:.2f}, AA {100 * r.get('autoattack', float('nan')):.2f}, "
+                       f"worst case {100 * r['worst_case']:.2f}")
+    typer.echo(f"wrote {work_dir / 'manifest.json'} and {card}")
+    if parts_dir is not None:
+        built = [zoo_dir / e["id"] for e in m["entries"] if "skipped" not in e]
+        from .registry import path as registry_path
+
+        index = pack([*built, card, registry_path(), work_dir / "manifest.json"], Path.cwd(), parts_dir, split_mb)
+        typer.echo(f"wrote {len(index['parts'])} part(s) and parts.json to {parts_dir}")
+
+
+@zoo_app.command("join")
+@user_errors
+def zoo_join(parts_dir: Path = typer.Argument(..., help="folder with parts.json and zoo.tar.NNN"),
+             into: Path = typer.Option(Path("."), "--into", help="where the files are extracted")) -> None:
+    """Check (sha256) and reassemble the parts of a zoo build, then extract them."""
+    from .zoo import join
+
+    for name in join(parts_dir, into):
+        typer.echo(f"  {name}")
+
+
 @app.command("recipes")
 @user_errors
 def list_recipes() -> None:

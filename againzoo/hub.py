@@ -207,22 +207,33 @@ def from_pretrained(source: str | Path, revision: str | None = None, num_classes
 
 def load_pretrained(name: str, pretrained: bool | str, num_classes: int | None = None, dataset: str | None = None,
                     device: str | torch.device = "cpu", **kw: Any) -> nn.Module:
-    """``create_model(name, pretrained=...)``: True consults the registry, a string is a path or repo id."""
+    """``create_model(name, pretrained=...)``: True consults the registry, a string is a path or repo id.
+
+    A registry entry is fetched from the Hub (or its offline cache); when that is impossible and the
+    entry's local copy (``zoo/<id>/`` of this repository) exists, that copy is loaded instead. The
+    sha256 is checked either way."""
     from .factory import backbone_name
-    from .registry import REGISTRY, lookup
+    from .registry import entries, local_dir, lookup
 
     if pretrained is True:
         dataset = dataset or {10: "cifar10", 100: "cifar100"}.get(num_classes or 10, "cifar10")
         entry = lookup(name, dataset)
         if entry is None:
-            known = ", ".join(f"{n} ({d})" for n, d in REGISTRY) or "none yet"
+            known = ", ".join(f"{e.model} ({e.dataset})" for e in entries()) or "none yet"
             raise CheckpointError(f"no published weights for {name} on {dataset}; published: {known}")
-        model = from_pretrained(entry.repo_id, entry.revision, num_classes, device, sha256=entry.sha256)
+        try:
+            directory = download(entry.repo_id, entry.revision)
+        except CheckpointError as e:
+            directory = local_dir(entry)
+            if directory is None:
+                raise CheckpointError(f"{e}; and no local copy of {name} ({entry.local or 'none registered'})") from None
+        model = from_pretrained(directory, None, num_classes, device, sha256=entry.sha256)
     else:
         model = from_pretrained(str(pretrained), None, num_classes, device)
     arch = model_arch(model)
-    if arch != backbone_name(name):
-        raise CheckpointError(f"{pretrained} holds a {arch} checkpoint, not {name} ({backbone_name(name)})")
+    expected = backbone_name(name) if name.startswith("again_") else name
+    if arch != expected:
+        raise CheckpointError(f"{pretrained} holds a {arch} checkpoint, not {name} ({expected})")
     return model
 
 

@@ -1,28 +1,71 @@
 """The zoo's pretrained weights: one table, consulted by ``pretrained=True``.
 
-Each entry maps (model name, dataset) to a Hub repo, the weights file, its sha256 (checked after
-every download) and the metrics its eval.json reported. Entries are added only for checkpoints
-that were trained and evaluated with this package and pushed with ``againzoo push``; a model
-without an entry has no published weights yet, and ``pretrained=True`` says so.
+The table is ``registry.json`` beside this module (``$AGAINZOO_REGISTRY`` points elsewhere, e.g.
+a private zoo or a test). Each entry maps (model name, dataset) to a Hub repo, the weights file,
+its sha256 (checked after every download and before every local load), the recipe and the metrics
+its eval.json reported, and ``local``: the weights' path relative to the registry file, the copy
+published in this repository (``zoo/<id>/model.safetensors``), used when the Hub is unreachable.
+Entries are written by ``againzoo zoo build`` only, for checkpoints trained and evaluated here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .io import atomic_write_json
+
+DEFAULT = Path(__file__).resolve().parent / "registry.json"
 
 
 @dataclass(frozen=True)
 class PretrainedEntry:
+    model: str
+    dataset: str
     repo_id: str
     sha256: str
     filename: str = "model.safetensors"
     revision: str | None = None
     recipe: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)  # copied from the pushed eval.json
+    metrics: dict[str, float] = field(default_factory=dict)  # copied from the published eval.json
+    local: str | None = None  # relative to the registry file
 
 
-REGISTRY: dict[tuple[str, str], PretrainedEntry] = {}
+def path() -> Path:
+    env = os.environ.get("AGAINZOO_REGISTRY")
+    return Path(env).expanduser() if env else DEFAULT
 
 
-def lookup(name: str, dataset: str) -> PretrainedEntry | None:
-    return REGISTRY.get((name, dataset))
+def entries(registry: Path | None = None) -> list[PretrainedEntry]:
+    p = registry or path()
+    if not p.exists():
+        return []
+    try:
+        raw = json.loads(p.read_text())
+        return [PretrainedEntry(**e) for e in raw.get("entries", [])]
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"malformed zoo registry {p}: {e}") from None
+
+
+def lookup(name: str, dataset: str, registry: Path | None = None) -> PretrainedEntry | None:
+    return next((e for e in entries(registry) if (e.model, e.dataset) == (name, dataset)), None)
+
+
+def local_dir(entry: PretrainedEntry, registry: Path | None = None) -> Path | None:
+    """The directory of the entry's local copy, if it exists."""
+    if not entry.local:
+        return None
+    f = ((registry or path()).parent / entry.local).resolve()
+    return f.parent if f.is_file() else None
+
+
+def register(entry: PretrainedEntry, registry: Path | None = None) -> Path:
+    """Add or replace the entry for (model, dataset), atomically."""
+    p = registry or path()
+    rest = [e for e in entries(p) if (e.model, e.dataset) != (entry.model, entry.dataset)]
+    data: dict[str, Any] = {"entries": [asdict(e) for e in sorted([*rest, entry], key=lambda e: (e.model, e.dataset))]}
+    return atomic_write_json(p, data)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -26,48 +24,16 @@ VARIANTS = ("pgd_at", "again_pgd_at", "again_pgd_at_ema")
 
 def run_variant(args: argparse.Namespace) -> dict:
     from againzoo import recipes
-    from againzoo.training.methods import METHODS, StepContext
-    from againzoo.training.trainer import make_ema, make_model, make_optimizer, resolve_device, train_step
+    from againzoo.training.throughput import measure
 
-    dev = resolve_device(args.device)
-    again = args.variant != "pgd_at"
     r = recipes.parse({
-        "name": "bench", "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": again}},
+        "name": "bench",
+        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": args.variant != "pgd_at"}},
         "attack": {"eps": "8/255", "step_size": "2/255", "steps": args.attack_steps},
         "precision": args.precision, "batch_size": args.batch,
         "ema": {"decay": 0.999} if args.variant.endswith("_ema") else None,
     })
-    torch.manual_seed(0)
-    overlay = {"pretrained_cfg_overlay": {"input_size": (3, args.px, args.px)}}
-    model = make_model(r, 10, {**r.model.kwargs, **overlay}).to(dev)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and dev.type == "cuda")
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(r, model, dev)
-    ema = make_ema(r, model)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else __import__("contextlib").nullcontext
-    x = torch.rand(args.batch, 3, args.px, args.px, device=dev)
-    y = torch.randint(0, 10, (args.batch,), device=dev)
-    if dev.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    ctx = StepContext(model, r.attack, again, 1.0, 0.0, autocast)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for i in range(args.warmup):
-        train_step(ctx, METHODS["pgd_at"], opt, x, y, ema=ema, step=i + 1)
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        train_step(ctx, METHODS["pgd_at"], opt, x, y, ema=ema, step=args.warmup + i + 1)
-    sync()
-    dt = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"variant": args.variant, "images_per_s": args.batch * args.steps / dt, "step_s": dt / args.steps,
-            "peak_memory_mb": peak / 2**20, "memory_kind": "cuda max_allocated" if dev.type == "cuda" else "process max RSS",
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            "precision": "bf16" if bf16 else "fp32"}
+    return {"variant": args.variant, **measure(r, args.device, (3, args.px, args.px), 10, args.steps, args.warmup)}
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from againzoo import CheckpointError
 from againzoo.card import model_card, zoo_card
 from againzoo.cli import app
 from againzoo.hub import from_pretrained, save_pretrained, sha256_of
-from againzoo.registry import REGISTRY, PretrainedEntry
+from againzoo.registry import PretrainedEntry, register
 
 from .conftest import tiny
 
@@ -74,13 +74,14 @@ def test_offline_hub_cache_through_from_pretrained_and_torch_hub(offline_hub):
         from_pretrained("zoo/not-there")
 
 
-def test_registry_pretrained_true_verifies_sha256(offline_hub, monkeypatch):
+def test_registry_pretrained_true_verifies_sha256(offline_hub, monkeypatch, tmp_path):
     m, d = offline_hub
-    good = PretrainedEntry("zoo/again-tiny", sha256_of(d / "model.safetensors"))
-    monkeypatch.setitem(REGISTRY, ("again_resnet18", "cifar10"), good)
+    registry = tmp_path / "registry.json"
+    monkeypatch.setenv("AGAINZOO_REGISTRY", str(registry))
+    register(PretrainedEntry("again_resnet18", "cifar10", "zoo/again-tiny", sha256_of(d / "model.safetensors")))
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(againzoo.create_model("again_resnet18", pretrained=True)(x), m(x))
-    monkeypatch.setitem(REGISTRY, ("again_resnet18", "cifar10"), PretrainedEntry("zoo/again-tiny", "0" * 64))
+    register(PretrainedEntry("again_resnet18", "cifar10", "zoo/again-tiny", "0" * 64))
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         againzoo.create_model("again_resnet18", pretrained=True)
     with pytest.raises(CheckpointError, match="no published weights for again_wrn34_10"):

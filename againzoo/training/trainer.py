@@ -18,7 +18,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -86,6 +86,16 @@ def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> 
         again = {"layer": a.layer, "alpha": a.alpha, "hff": a.hff, "aux_weight": a.aux_weight,
                  "per_sample_gammas": a.per_sample_gammas}
     return build_model(recipe.model.arch, num_classes, again, **model_args)
+
+
+def device_setup(recipe: Recipe, dev: torch.device) -> tuple[Callable[[], Any], bool, str]:
+    """``(autocast factory, channels_last, precision)``: bf16 autocast and channels_last on CUDA,
+    fp32 on CPU."""
+    use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and dev.type == "cuda")
+    if use_bf16 and dev.type != "cuda":
+        raise ConfigError("precision=bf16 needs a CUDA device; CPU training runs in fp32")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    return autocast, dev.type == "cuda", "bf16" if use_bf16 else "fp32"
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -185,10 +195,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     torch.manual_seed(recipe.seed)
     model_args = _model_args(recipe, train_ds)
     model = make_model(recipe, num_classes, model_args).to(dev)
-    use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and dev.type == "cuda")
-    if use_bf16 and dev.type != "cuda":
-        raise ConfigError("precision=bf16 needs a CUDA device; CPU training runs in fp32")
-    channels_last = dev.type == "cuda"
+    autocast, channels_last, _ = device_setup(recipe, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(recipe, model, dev)
@@ -202,7 +209,6 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr)
     ema = make_ema(recipe, model)
     rng = random.Random(recipe.seed)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     again_on = isinstance(model, AgainModel)
     label_names = list(full.classes)
     weights = ({"kind": "ema", **recipe.ema.model_dump(), "implementation": "timm.utils.ModelEmaV3"}

@@ -1,0 +1,116 @@
+"""`againzoo zoo build` end to end at tiny size: train, publish fp16, evaluate the published file,
+register, re-card; then `pretrained=True` (and torch.hub) load it offline with its sha256."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+import againzoo
+from againzoo.cli import app
+from againzoo.errors import CheckpointError
+from againzoo.evaluation import accuracy, eval_data
+from againzoo.hub import load_local, sha256_of
+from againzoo.registry import entries
+from againzoo.zoo import ZooEntry, build, join, pack
+
+from .conftest import TINY_RUN
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_EVAL = {"pgd_steps": (2,), "cw_steps": 2, "n_check": 8, "aa_budget": {"n_iter": 5, "n_targets": 2, "n_queries": 10}}
+ENTRIES = [ZooEntry("again_resnet18", "quickstart"), ZooEntry("resnet18_cifar", "quickstart", ("model.again.enabled=false",))]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    registry = root / "againzoo" / "registry.json"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AGAINZOO_REGISTRY", str(registry))
+    manifest = build(entries=ENTRIES, zoo_dir=root / "zoo", registry=registry, card=root / "MODEL_CARD.md",
+                     work_dir=root / "runs", overrides=[*TINY_RUN, "epochs=2"], n_examples=40, progress=False,
+                     eval_kw=TINY_EVAL)
+    yield root, registry, manifest
+    mp.undo()
+
+
+def test_build_publishes_evaluates_and_registers(built):
+    root, registry, manifest = built
+    assert [e["id"] for e in manifest["entries"]] == ["again_resnet18", "resnet18_cifar"]
+    assert json.loads((root / "runs" / "manifest.json").read_text()) == manifest
+    for e in manifest["entries"]:
+        d = root / "zoo" / e["id"]
+        assert {"config.json", "eval.json", "metrics.jsonl", "robustbench.json", "model.safetensors"} <= {
+            p.name for p in d.iterdir()}
+        with safe_open(str(d / "model.safetensors"), "pt") as f:  # fp16 weights, integer buffers unchanged
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert torch.float16 in dtypes and torch.float32 not in dtypes
+        config = json.loads((d / "config.json").read_text())
+        assert config["published"]["dtype"] == "float16" and config["weights"]["kind"] == "raw"
+        ev = json.loads((d / "eval.json").read_text())
+        assert ev["suite"] == "paper" and ev["data"]["n"] == 40 and "AA" in ev["columns"]
+        reg = e["registry"]
+        assert reg["sha256"] == sha256_of(d / "model.safetensors")
+        assert reg["metrics"]["worst_case"] == round(ev["worst_case_acc"], 4)
+        # the evaluation is of exactly the published (fp16) weights
+        model = load_local(d)
+        x, y, _ = eval_data(config, n=40)
+        assert accuracy(model, x, y) == ev["clean_acc"]
+    assert {(e.model, e.dataset) for e in entries(registry)} == {("again_resnet18", "digits"), ("resnet18_cifar", "digits")}
+    card = (root / "MODEL_CARD.md").read_text()
+    assert "Official AutoAttack (pyautoattack" in card and "hard gate" in card and "straight-through gate" in card
+    assert "img/s" in card
+
+
+def test_pretrained_true_loads_the_local_copy_offline_with_its_sha256(built, monkeypatch):
+    root, registry, _ = built
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    x = torch.rand(4, 3, 16, 16)
+    again = againzoo.create_model("again_resnet18", pretrained=True, dataset="digits")
+    assert torch.equal(again(x), load_local(root / "zoo" / "again_resnet18")(x))
+    hubbed = torch.hub.load(str(ROOT), "again_resnet18", source="local", pretrained=True, dataset="digits")
+    assert torch.equal(hubbed(x), again(x))
+    plain = torch.hub.load(str(ROOT), "resnet18_cifar", source="local", pretrained=True, dataset="digits")
+    assert type(plain).__name__ == "ResNetCifar"
+    # a tampered local copy is refused
+    w = root / "zoo" / "again_resnet18" / "model.safetensors"
+    good = w.read_bytes()
+    try:
+        w.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        with pytest.raises(CheckpointError, match="sha256 mismatch"):
+            againzoo.create_model("again_resnet18", pretrained=True, dataset="digits")
+    finally:
+        w.write_bytes(good)
+
+
+def test_parts_round_trip(built, tmp_path):
+    root, _, _ = built
+    index = pack([root / "zoo", root / "MODEL_CARD.md"], root, tmp_path / "parts", split_mb=0.05)
+    assert len(index["parts"]) > 1 and all(p["bytes"] <= 0.05 * 2**20 for p in index["parts"])
+    names = join(tmp_path / "parts", tmp_path / "back")
+    assert "MODEL_CARD.md" in names
+    for f in (root / "zoo").rglob("*"):
+        if f.is_file():
+            assert sha256_of(tmp_path / "back" / f.relative_to(root)) == sha256_of(f)
+    part = tmp_path / "parts" / index["parts"][0]["name"]
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    with pytest.raises(CheckpointError, match="sha256 mismatch for part"):
+        join(tmp_path / "parts", tmp_path / "again")
+
+
+def test_budget_guard_skips_what_cannot_fit_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGAINZOO_REGISTRY", str(tmp_path / "registry.json"))
+    m = build(entries=ENTRIES[:1], zoo_dir=tmp_path / "zoo", card=tmp_path / "CARD.md", work_dir=tmp_path / "runs",
+              budget_minutes=0.01, overrides=TINY_RUN, n_examples=40, progress=False, eval_kw=TINY_EVAL)
+    e = m["entries"][0]
+    assert "not even one epoch fits" in e["skipped"] and e["measured_images_per_s"] > 0
+    assert not (tmp_path / "zoo" / "again_resnet18").exists() and not (tmp_path / "registry.json").exists()
+
+
+def test_cli_unknown_entry_is_one_line():
+    res = CliRunner().invoke(app, ["zoo", "build", "again_nope"])
+    assert res.exit_code == 2 and "unknown zoo entries ['again_nope']" in res.output and "Traceback" not in res.output
