@@ -83,3 +83,13 @@ def test_eval_cli_aa_suite_prints_the_official_runs(tiny_runs, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "| Clean | AA | Worst case |" in res.output and "official pyautoattack" in res.output
     assert "hard gate" in res.output and "straight_through gate" in res.output and "robustbench.json" in res.output
+
+
+def test_the_training_engine_never_imports_pyautoattack():
+    import subprocess
+    import sys
+
+    code = ("import sys, againzoo.training, againzoo.evaluation, againzoo.cli; "
+            "print('pyautoattack' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -24,7 +24,7 @@ def test_adversarial_finetune_lowers_joint_loss(real_images):
     m = tiny()
     before = adversarial_joint_loss(m, x, y)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for _ in range(25):
+    for _ in range(40):
         m.eval()  # craft against the joint loss with BN in eval mode, as the official code
         x_adv = pgd(lambda xa: joint_loss(*m(xa, return_aux=True), y, reduction="none"), x, EPS, 2 / 255, 3)
         m.train()

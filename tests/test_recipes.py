@@ -53,12 +53,19 @@ def test_schedule_formula():
         ({"data": {"dataset": "imagenet"}}, "data.dataset: Input should be 'cifar10', 'cifar100' or 'digits'"),
         ({"method": {"name": "pgd_at", "beta": 6}}, "beta only applies to trades and mart"),
         ({"model": {"again": {"alpha": 0.3}}}, "model.again.alpha: Input should be greater than or equal to 0.5"),
+        # the weight-averaging section
+        ({"ema": {"decay": 1.0}}, "ema.decay: Input should be less than 1"),
+        ({"ema": {"decay": 0}}, "ema.decay: Input should be greater than 0"),
+        ({"ema": {"decay": 0.999, "tau": 0.9}}, "unknown key 'ema.tau' (allowed: decay, warmup, warmup_power, warmup_gamma)"),
+        ({"ema": {"warmup": "sometimes"}}, "ema.warmup: Input should be a valid boolean"),
+        ({"method": {"label_smoothing": 1.0}}, "method.label_smoothing: Input should be less than 1"),
     ],
 )
 def test_malformed_recipe_one_line_error(tmp_path, change, message):
     raw = yaml.safe_load((RECIPES_DIR / "quickstart.yaml").read_text())
     for k, v in change.items():
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    raw["output_dir"] = str(tmp_path / "runs")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as e:
@@ -67,6 +74,7 @@ def test_malformed_recipe_one_line_error(tmp_path, change, message):
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2
     assert "Traceback" not in result.output and message in result.output
+    assert not (tmp_path / "runs").exists()  # it failed before any work
 
 
 def test_missing_dataset_cli_error(tmp_path):
