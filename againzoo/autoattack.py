@@ -152,6 +152,22 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                          float(size.max()) if len(size) else 0.0)
 
 
+def square_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, queries: int,
+                 seed: int, batch_size: int) -> torch.Tensor:
+    """Per-example correctness after the official Square Attack alone, with ``queries`` queries (the
+    soundness checks' short black-box reference)."""
+    from pyautoattack.square import SquareAttack
+
+    sq = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm=norm, n_restarts=1, seed=seed,
+                      verbose=False, device=x.device, resc_schedule=False)
+    out = torch.zeros(len(y), dtype=torch.bool)
+    for i in range(0, len(y), batch_size):
+        adv = sq.perturb(x[i:i + batch_size], y[i:i + batch_size])
+        with torch.no_grad():
+            out[i:i + batch_size] = (model(adv).argmax(1) == y[i:i + batch_size]).cpu()
+    return out
+
+
 def flags(runs: list[AutoAttackRun], eps: float) -> list[dict[str, Any]]:
     """pyautoattack's own checks (checks.py) as eval.json flags, one per check and run."""
     out = []

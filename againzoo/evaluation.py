@@ -226,21 +226,6 @@ def _batched_correct(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: tor
     return out
 
 
-def short_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, queries: int,
-                 seed: int, batch_size: int) -> torch.Tensor:
-    """Per-example correctness after the official Square Attack (pyautoattack) with ``queries`` queries."""
-    from pyautoattack.square import SquareAttack
-
-    sq = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm=norm, n_restarts=1, seed=seed,
-                      verbose=False, device=x.device, resc_schedule=False)
-    out = torch.zeros(len(y), dtype=torch.bool)
-    for i in range(0, len(y), batch_size):
-        adv = sq.perturb(x[i:i + batch_size], y[i:i + batch_size])
-        with torch.no_grad():
-            out[i:i + batch_size] = (model(adv).argmax(1) == y[i:i + batch_size]).cpu()
-    return out
-
-
 def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, num_classes: int,
                      batch_size: int, seed: int, square_queries: int = 1000,
                      progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -286,7 +271,7 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     idx = ok_all.nonzero().squeeze(1)
     fooled = 0
     if idx.numel():
-        fooled = int((~short_square(model, x[idx], y[idx], eps, norm, square_queries, seed, batch_size)).sum())
+        fooled = int((~AA.square_correct(model, x[idx], y[idx], eps, norm, square_queries, seed, batch_size)).sum())
     numbers.update(square_queries=square_queries, square_gain=fooled / n)
     flags.append(_flag("whitebox_beats_square", fooled / n <= 0.005,
                        f"Square ({square_queries} queries, pyautoattack) fooled {100 * fooled / n:.2f}% of the examples "
