@@ -159,8 +159,9 @@ def model_card(path: str | Path) -> str:
               "logits = model(images)  # float images in [0, 1], NCHW; normalisation is inside", "```", ""]
     lines += ["## Robustness (measured)", "", f"{ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, "
               f"{_data_line(ev)}; per-example worst case over every attack of the suite:", ""] + _eval_table(ev) + [""]
-    if _autoattack_line(ev):
-        lines += [_autoattack_line(ev) + ".", ""]
+    aa_line = _autoattack_line(ev)
+    if aa_line:
+        lines += [aa_line + ".", ""]
     if ev.get("reference"):
         lines += [f"Reference (not measured here): {ev['reference']['source']}.", ""]
     lines += ["## Training", "", f"Recipe `{name}` (in `config.json` and `recipe.yaml`): {recipe.get('description', '')}",

@@ -36,6 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from . import __version__
 from . import recipes as recipes_mod
 from .card import zoo_card
 from .errors import CheckpointError, ConfigError
@@ -73,6 +74,7 @@ EVAL_SLOWDOWN = 2.0
 @dataclass
 class Plan:
     entry: ZooEntry
+    recipe: recipes_mod.Recipe  # as loaded with the entry's and the caller's overrides (epochs not yet re-sized)
     epochs: int
     recipe_epochs: int
     images_per_s: float | None = None
@@ -86,7 +88,7 @@ def size(entry: ZooEntry, seconds_left: float | None, entries_left: int, n_eval:
          overrides: list[str]) -> Plan:
     """Fit ``entry`` into its share of ``seconds_left`` (None: no budget) from a measured throughput."""
     recipe = recipes_mod.load(entry.recipe, [*entry.overrides, *overrides])
-    plan = Plan(entry, recipe.epochs, recipe.epochs, overrides=[*entry.overrides, *overrides])
+    plan = Plan(entry, recipe, recipe.epochs, recipe.epochs, overrides=[*entry.overrides, *overrides])
     if seconds_left is None:
         return plan
     from .training.throughput import measure
@@ -118,8 +120,6 @@ def publish_fp16(run_dir: Path, target: Path) -> Path:
     src = run_dir / "best" if (run_dir / "best" / CONFIG).exists() else run_dir
     tensors, _ = load_tensors(src / WEIGHTS)
     half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    from . import __version__
-
     save_tensors(target / WEIGHTS, half, metadata={"format": "pt", "dtype": "float16", "againzoo_version": __version__})
     config = json.loads((src / CONFIG).read_text())
     config["published"] = {"dtype": "float16", "from": f"{src.name}/" if src != run_dir else "last epoch",
@@ -179,7 +179,7 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
                                         **(eval_kw or {}))
         record["eval_s"] = round(time.time() - te, 1)
         bar.update(1)
-        recipe = recipes_mod.load(entry.recipe, plan.overrides)
+        recipe = plan.recipe
         weights = target / WEIGHTS
         reg = PretrainedEntry(
             model=entry.id, dataset=recipe.data.dataset, repo_id=f"{repo_prefix}/{entry.id}-{recipe.data.dataset}",
@@ -235,20 +235,20 @@ def join(parts_dir: Path, into: Path) -> list[str]:
         raise CheckpointError(f"no {INDEX} in {parts_dir}: not a folder written by `againzoo zoo build --parts-dir`")
     index = json.loads(index_path.read_text())
     archive = Path(parts_dir) / "zoo.tar"
-    with open(archive, "wb") as out:
-        for part in index["parts"]:
-            p = Path(parts_dir) / Path(part["name"]).name
-            if not p.exists():
-                raise CheckpointError(f"missing part {p}")
-            if sha256_of(p) != part["sha256"]:
-                raise CheckpointError(f"sha256 mismatch for part {p}: the transfer corrupted it")
-            out.write(p.read_bytes())
-    try:
+    try:  # the joined archive never outlives this call, also when a part is missing or corrupted
+        with open(archive, "wb") as out:
+            for part in index["parts"]:
+                p = Path(parts_dir) / Path(part["name"]).name
+                if not p.exists():
+                    raise CheckpointError(f"missing part {p}")
+                if sha256_of(p) != part["sha256"]:
+                    raise CheckpointError(f"sha256 mismatch for part {p}: the transfer corrupted it")
+                out.write(p.read_bytes())
         if sha256_of(archive) != index["archive_sha256"]:
             raise CheckpointError(f"sha256 mismatch for the joined archive from {parts_dir}")
         with tarfile.open(archive) as tar:
             names = tar.getnames()
             tar.extractall(into, filter="data")  # refuses absolute paths and '..' (no writes outside `into`)
     finally:
-        archive.unlink()
+        archive.unlink(missing_ok=True)
     return names

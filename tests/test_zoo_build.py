@@ -100,6 +100,7 @@ def test_parts_round_trip(built, tmp_path):
     part.write_bytes(b"x" + part.read_bytes()[1:])
     with pytest.raises(CheckpointError, match="sha256 mismatch for part"):
         join(tmp_path / "parts", tmp_path / "again")
+    assert not (tmp_path / "parts" / "zoo.tar").exists()  # no half-joined archive left behind
 
 
 def test_budget_guard_skips_what_cannot_fit_and_says_so(tmp_path, monkeypatch):
