@@ -247,15 +247,18 @@ def zoo_build(
     card: Path = typer.Option(Path("MODEL_CARD.md"), "--card"),
     set_: List[str] = typer.Option([], "--set", help="override a key of every recipe: --set epochs=2"),
     n_examples: int = typer.Option(1000, "--n-examples", "-n"),
-    parts_dir: Optional[Path] = typer.Option(None, "--parts-dir", help="also write the results as a tar in parts"),
+    eval_batch_size: int = typer.Option(256, "--eval-batch-size", help="batch of the evaluation's attacks"),
+    parts_dir: Optional[Path] = typer.Option(None, "--parts-dir", help="also write each finished entry as a tar "
+                                             "in parts here (with the registry, card and manifest)"),
     split_mb: float = typer.Option(16, "--split-mb", help="largest part, MiB"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Train, publish (fp16), evaluate the published weights, register and re-card the zoo's models."""
-    from .zoo import build, pack
+    from .zoo import build
 
     m = build(ids or None, zoo_dir=zoo_dir, card=card, work_dir=work_dir, budget_minutes=budget_minutes,
-              data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples, progress=not quiet)
+              data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples,
+              eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=not quiet)
     for e in m["entries"]:
         if "skipped" in e:
             typer.echo(f"{e['id']}: SKIPPED ({e['skipped']})")
@@ -264,18 +267,14 @@ def zoo_build(
             typer.echo(f"{e['id']}: {e['epochs']} of {e['recipe_epochs']} epochs, trained {e['train_s']} s, evaluated "
                        f"{e['eval_s']} s; clean {100 * r['clean']:.2f}, AA {100 * r.get('autoattack', float('nan')):.2f}, "
                        f"worst case {100 * r['worst_case']:.2f}")
+            if "parts" in e:
+                typer.echo(f"  packed into {len(e['parts'])} part(s) in {parts_dir}")
     typer.echo(f"wrote {work_dir / 'manifest.json'} and {card}")
-    if parts_dir is not None:
-        built = [zoo_dir / e["id"] for e in m["entries"] if "skipped" not in e]
-        from .registry import path as registry_path
-
-        index = pack([*built, card, registry_path(), work_dir / "manifest.json"], Path.cwd(), parts_dir, split_mb)
-        typer.echo(f"wrote {len(index['parts'])} part(s) and parts.json to {parts_dir}")
 
 
 @zoo_app.command("join")
 @user_errors
-def zoo_join(parts_dir: Path = typer.Argument(..., help="folder with parts.json and zoo.tar.NNN"),
+def zoo_join(parts_dir: Path = typer.Argument(..., help="folder with NN-<id>.parts.json and NN-<id>.tar.NNN"),
              into: Path = typer.Option(Path("."), "--into", help="where the files are extracted")) -> None:
     """Check (sha256) and reassemble the parts of a zoo build, then extract them."""
     from .zoo import join

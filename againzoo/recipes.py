@@ -129,6 +129,7 @@ class OptimizerSection(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     nesterov: bool = False
+    fused: Optional[bool] = None  # PyTorch's fused kernel; None: on CUDA (the for-loop one on CPU)
 
 
 class LRSchedule(Section):
@@ -178,7 +179,8 @@ class Recipe(Section):
     ema: Optional[EmaSection] = None
     epochs: int = Field(120, ge=1)
     batch_size: int = Field(128, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: Optional[bool] = None  # None: on CUDA
     seed: int = 0
     eval: EvalSection = EvalSection()
     output_dir: str = "runs"

@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# The GPU window's one command (see DEVELOPERS.md): benchmarks, then the zoo build, results to $OUT.
-#   bash scripts/gpu_window.sh [BUDGET_MINUTES]      (default 9: leaves the window's start and transfers room)
+# The GPU window's one command (see DEVELOPERS.md): a CUDA smoke test, the training benchmark, then
+# the zoo build sized to what is left of the command's time; results to $OUT.
+#   bash scripts/gpu_window.sh [SECONDS]     (default 570: the whole command, inside the device's 600)
+# Every finished zoo entry is packed into $OUT/parts at once, so a command stopped at its limit
+# still hands back what it finished. $OUT gets at most 8 files: log, train_throughput.json and per
+# entry NN-<id>.parts.json + two parts of at most 15.5 MiB.
+# A CPU rehearsal at tiny size (DEVELOPERS.md): DEVICE=cpu WHEELS=0 BENCH="..." ZOO_ARGS="..." bash scripts/gpu_window.sh 300
 set -uo pipefail
 cd "$(dirname "$0")/.."
-budget=${1:-9}
+start=$(date +%s)
+limit=${1:-570}
 out=${OUT:-out}
-mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/.whl/site:$PWD PYTHONUNBUFFERED=1 AGAINZOO_DATA=$PWD/.data
+device=${DEVICE:-cuda}
+bench=${BENCH:---width 64 --px 32 --batch 512 --steps 20 --warmup 3}
+zoo_args=${ZOO_ARGS:---eval-batch-size 1000}
+mkdir -p "$out/parts"
+if [ "${WHEELS:-1}" = 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/.whl/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 AGAINZOO_DATA=$PWD/.data
+left() { echo $(( limit - ($(date +%s) - start) )); }
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, timm, pyautoattack; print('torch', torch.__version__, 'timm', timm.__version__, 'pyautoattack', pyautoattack.__version__)"
-  python3 benchmarks/train_throughput.py --device cuda --width 64 --px 32 --batch 512 --steps 20 --warmup 3 \
-      --json "$out/train_throughput.json"
-  python3 -m againzoo zoo build --device cuda --budget-minutes "$budget" --data-dir .data --parts-dir "$out/parts" \
-      --split-mb 15 --quiet
+  [ "$device" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, timm, pyautoattack, pydantic; print('torch', torch.__version__, 'timm', timm.__version__, 'pyautoattack', pyautoattack.__version__, 'pydantic', pydantic.__version__)" || exit 1
+  # the training path end to end at tiny size on this device (bf16, channels_last, fused SGD, AWP,
+  # EMA, on-device loader, RNG state, fp16 publication, official AA, packing): fail here, not 8 minutes in
+  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_path.py tests/test_zoo_build.py || exit 1
+  echo "smoke test passed; $(left) s left"
+  timeout 60 python3 benchmarks/train_throughput.py --device "$device" $bench --json "$out/train_throughput.json"
+  budget=$(( $(left) - 20 ))   # 20 s for the last pack and the transfer
+  echo "zoo build with a budget of $budget s"
+  timeout $(( budget + 10 )) python3 -m againzoo zoo build --device "$device" --data-dir .data \
+      --budget-minutes "$(python3 -c "print($budget / 60)")" --parts-dir "$out/parts" --split-mb 15.5 --quiet $zoo_args
+  echo "zoo build exit $?; $(left) s left"
+  ls -la "$out/parts"
 } 2>&1 | tee "$out/log"

@@ -32,7 +32,7 @@ def built(tmp_path_factory):
     mp.setenv("AGAINZOO_REGISTRY", str(registry))
     manifest = build(entries=ENTRIES, zoo_dir=root / "zoo", registry=registry, card=root / "MODEL_CARD.md",
                      work_dir=root / "runs", overrides=[*TINY_RUN, "epochs=2"], n_examples=40, progress=False,
-                     eval_kw=TINY_EVAL)
+                     eval_kw=TINY_EVAL, parts_dir=root / "parts", split_mb=0.2)
     yield root, registry, manifest
     mp.undo()
 
@@ -101,6 +101,39 @@ def test_parts_round_trip(built, tmp_path):
     with pytest.raises(CheckpointError, match="sha256 mismatch for part"):
         join(tmp_path / "parts", tmp_path / "again")
     assert not (tmp_path / "parts" / "zoo.tar").exists()  # no half-joined archive left behind
+
+
+def test_each_finished_entry_is_packed_at_once_and_joins_back(built, tmp_path):
+    root, registry, manifest = built
+    packs = sorted(p.name for p in (root / "parts").glob("*.parts.json"))
+    assert packs == ["01-again_resnet18.parts.json", "02-resnet18_cifar.parts.json"]
+    assert all(p.stat().st_size <= 0.2 * 2**20 for p in (root / "parts").glob("*.tar.*"))
+    names = join(root / "parts", tmp_path)
+    assert "zoo/again_resnet18/model.safetensors" in names and "zoo/resnet18_cifar/eval.json" in names
+    # the later pack's registry, card and manifest (cumulative) win
+    for rel in ("zoo/again_resnet18/model.safetensors", "zoo/resnet18_cifar/model.safetensors", "MODEL_CARD.md",
+                "againzoo/registry.json"):
+        assert sha256_of(tmp_path / rel) == sha256_of(root / rel), rel
+    back = json.loads((tmp_path / "runs" / "manifest.json").read_text())  # as it stood when the last pack was made
+    assert [e["registry"]["sha256"] for e in back["entries"]] == [e["registry"]["sha256"] for e in manifest["entries"]]
+
+
+def test_budget_sizes_every_entry_to_the_same_epochs(tmp_path, monkeypatch):
+    from againzoo import zoo
+
+    monkeypatch.setattr(zoo, "_measure", lambda recipe, device, batch: (1000.0, 40000.0))
+    entries = [ZooEntry("again_resnet18", "cifar10_resnet18_again_pgd_at_zoo"),
+               ZooEntry("resnet18_cifar", "cifar10_resnet18_pgd_at_zoo")]
+    plans = zoo.plan(entries, 600.0, 1000, "cpu", [])
+    a, b = plans
+    assert a.eval_s_est > b.eval_s_est  # two AutoAttack runs (both gates) for the gated model
+    assert a.epochs == b.epochs and a.epochs >= 1 and not a.skipped and not b.skipped
+    spent = sum(p.epochs * p.epoch_s_est + p.eval_s_est for p in plans)
+    assert spent <= 600 < spent + a.epoch_s_est + b.epoch_s_est  # as many epochs as fit, no more
+    assert f"epochs={a.epochs}" in a.overrides
+    # too little for both: the last entry is dropped with the reason, the first keeps what fits
+    plans = zoo.plan(entries, a.eval_s_est + b.eval_s_est - 1, 1000, "cpu", [])
+    assert plans[1].skipped and "not even one epoch fits" in plans[1].skipped and not plans[0].skipped
 
 
 def test_budget_guard_skips_what_cannot_fit_and_says_so(tmp_path, monkeypatch):

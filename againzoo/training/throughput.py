@@ -26,18 +26,18 @@ def measure(recipe: Recipe, device: str | torch.device | None = None, input_size
     torch.manual_seed(0)
     model_args = {**recipe.model.kwargs, "pretrained_cfg_overlay": {"input_size": input_size}}
     model = make_model(recipe, num_classes, model_args).to(dev)
-    autocast, channels_last, precision = device_setup(recipe, dev)
-    if channels_last:
+    setup = device_setup(recipe, dev)
+    if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(recipe, model, dev)
     ema = make_ema(recipe, model)
     x = torch.rand(recipe.batch_size, *input_size, device=dev)
     y = torch.randint(0, num_classes, (recipe.batch_size,), device=dev)
-    if channels_last:
+    if setup.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     method = METHODS[recipe.method.name]
     beta = recipe.method.beta if recipe.method.beta is not None else method.default_beta
-    ctx = StepContext(model, recipe.attack, recipe.model.again.enabled, recipe.model.again.aux_weight, beta, autocast,
+    ctx = StepContext(model, recipe.attack, recipe.model.again.enabled, recipe.model.again.aux_weight, beta, setup.autocast,
                       recipe.method.label_smoothing)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for i in range(warmup):
@@ -55,4 +55,4 @@ def measure(recipe: Recipe, device: str | torch.device | None = None, input_size
     return {"images_per_s": recipe.batch_size * steps / dt, "step_s": dt / steps, "peak_memory_mb": peak / 2**20,
             "memory_kind": "cuda max_allocated" if dev.type == "cuda" else "process max RSS",
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            "precision": precision}
+            "precision": setup.precision}

@@ -17,6 +17,7 @@ import contextlib
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,19 +89,40 @@ def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> 
     return build_model(recipe.model.arch, num_classes, again, **model_args)
 
 
-def device_setup(recipe: Recipe, dev: torch.device) -> tuple[Callable[[], Any], bool, str]:
-    """``(autocast factory, channels_last, precision)``: bf16 autocast and channels_last on CUDA,
-    fp32 on CPU."""
+@dataclass(frozen=True)
+class DeviceSetup:
+    """How a recipe runs on a device: autocast factory, memory format, precision name."""
+
+    autocast: Callable[[], Any]
+    channels_last: bool
+    precision: str
+
+
+def device_setup(recipe: Recipe, dev: torch.device) -> DeviceSetup:
+    """bf16 autocast, channels_last and cuDNN autotuning on CUDA, fp32 and contiguous on CPU, unless the recipe says
+    otherwise (``precision: bf16`` and ``channels_last: true`` run on CPU too: the CUDA path's
+    rehearsal in the tests)."""
     use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and dev.type == "cuda")
-    if use_bf16 and dev.type != "cuda":
-        raise ConfigError("precision=bf16 needs a CUDA device; CPU training runs in fp32")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    return autocast, dev.type == "cuda", "bf16" if use_bf16 else "fp32"
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    channels_last = recipe.channels_last if recipe.channels_last is not None else dev.type == "cuda"
+    if dev.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
+    return DeviceSetup(autocast, channels_last, "bf16" if use_bf16 else "fp32")
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """SGD or AdamW; PyTorch's fused kernel on CUDA (or when ``optimizer.fused`` asks), else the for-loop one.
+
+    Every parameter carries a gradient from the start (zeros) and :func:`train_step` zeroes rather
+    than frees them: a parameter used only on some steps (the ASE head, on batches without AGAIN)
+    then gets a zero gradient instead of none, so the optimiser sees the same parameter list on every
+    step. (PyTorch's fused SGD fails on a parameter that first gets a gradient after step one.)"""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
     o = recipe.optimizer
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": False}
+    fused = o.fused if o.fused is not None else device.type == "cuda"
+    fast = {"fused": True} if fused else {"foreach": False}
     if o.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                nesterov=o.nesterov and o.momentum > 0, **fast)
@@ -151,7 +173,7 @@ def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimize
     model.train()
     with ctx.autocast():
         loss, logits = method.loss(ctx, model, x, y, x_adv)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=False)  # see make_optimizer
     loss.backward()
     optimizer.step()
     if diff is not None:
@@ -195,17 +217,20 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     torch.manual_seed(recipe.seed)
     model_args = _model_args(recipe, train_ds)
     model = make_model(recipe, num_classes, model_args).to(dev)
-    autocast, channels_last, _ = device_setup(recipe, dev)
-    if channels_last:
+    setup = device_setup(recipe, dev)
+    if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(recipe, model, dev)
     loader = TensorLoader(train_ds.x, train_ds.y, recipe.batch_size, dev, shuffle=True, augment=d.augment,
-                          drop_last=len(train_ds) >= 2 * recipe.batch_size, seed=recipe.seed, channels_last=channels_last)
+                          drop_last=len(train_ds) >= 2 * recipe.batch_size, seed=recipe.seed,
+                          channels_last=setup.channels_last)
     method = METHODS[recipe.method.name]
     awp_cfg = recipe.method.awp
     awp = None
     if awp_cfg is not None:
         proxy = make_model(recipe, num_classes, model_args).to(dev)
+        if setup.channels_last:
+            proxy = proxy.to(memory_format=torch.channels_last)
         awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr)
     ema = make_ema(recipe, model)
     rng = random.Random(recipe.seed)
@@ -254,7 +279,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
             again = again_on and rng.random() < p_again
             again_batches += again
             ctx = StepContext(model, recipe.attack, again, recipe.model.again.aux_weight,
-                              recipe.method.beta if recipe.method.beta is not None else method.default_beta, autocast,
+                              recipe.method.beta if recipe.method.beta is not None else method.default_beta, setup.autocast,
                               recipe.method.label_smoothing)
             loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1)
             loss_sum += loss * len(y)
