@@ -132,6 +132,7 @@ def _limitations(info: dict[str, Any]) -> list[str]:
         out.append(f"AutoAttack ran with a reduced budget {aa['budget']}: not comparable with leaderboard numbers.")
     if _dataset(info) == "digits":
         out.append("A demonstration model on 16x16 digits, not a CIFAR model.")
+    out += (info["config"].get("published") or {}).get("notes", [])
     return out
 
 

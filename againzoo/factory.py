@@ -73,6 +73,8 @@ def build_model(arch: str, num_classes: int, again: dict[str, Any] | None = None
         backbone = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_args)
     except TypeError as e:
         raise ConfigError(f"bad model arguments for {arch}: {e}") from None
+    # what config.json records (timm >= 1.0.31 keeps them itself; older timm does not)
+    backbone._model_args = {**getattr(backbone, "_model_args", {}), **model_args}
     if again is None:
         return backbone if getattr(backbone, "normalizes_input", False) else Normalized(backbone)
     unknown = set(again) - set(AGAIN_KWARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,8 @@ def load_pretrained(name: str, pretrained: bool | str, num_classes: int | None =
             if directory is None:
                 raise CheckpointError(f"{e}; and no local copy of {name} ({entry.local or 'none registered'})") from None
         model = from_pretrained(directory, None, num_classes, device, sha256=entry.sha256)
+        if entry.note:
+            warnings.warn(f"{name} ({dataset}): {entry.note}", UserWarning, stacklevel=3)
     else:
         model = from_pretrained(str(pretrained), None, num_classes, device)
     arch = model_arch(model)

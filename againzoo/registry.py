@@ -3,8 +3,9 @@
 The table is ``registry.json`` beside this module (``$AGAINZOO_REGISTRY`` points elsewhere, e.g.
 a private zoo or a test). Each entry maps (model name, dataset) to a Hub repo, the weights file,
 its sha256 (checked after every download and before every local load), the recipe and the metrics
-its eval.json reported, and ``local``: the weights' path relative to the registry file, the copy
-published in this repository (``zoo/<id>/model.safetensors``), used when the Hub is unreachable.
+its eval.json reported, ``local``: the weights' path relative to the registry file, the copy
+published in this repository (``zoo/<id>/model.safetensors``), used when the Hub is unreachable,
+and ``note``: a caveat that ``pretrained=True`` repeats as a warning (e.g. a preliminary build).
 Entries are written by ``againzoo zoo build`` only, for checkpoints trained and evaluated here.
 """
 
@@ -33,6 +34,7 @@ class PretrainedEntry:
     recipe: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # copied from the published eval.json
     local: str | None = None  # relative to the registry file
+    note: str | None = None  # what a user must know before relying on these weights (warned on load)
 
 
 def path() -> Path:

@@ -70,8 +70,11 @@ TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_497}
 # and FAB-T 9 targets x 100 on the still-robust, ~2 passes per FAB step, Square 5,000 forward-only
 # queries ~ 1/3 pass each): ~2,400. Gated models run AutoAttack twice (hard and straight-through gate).
 # The fp32 pass rate is measured on the device; ``EVAL_MARGIN`` covers the small-batch tail of AA.
+# Calibration (H100, 2026-11-27, again_resnet18 at 43% clean / 28% robust): 19,770 fp32 passes/s
+# measured, 255 s estimated without margin, 237 s taken. (A margin of 1.5 there dropped the second
+# entry for want of 30 s.)
 EVAL_PASSES_OURS, EVAL_PASSES_PER_AA = 250, 2_400
-EVAL_MARGIN = 1.5
+EVAL_MARGIN = 1.1
 
 
 @dataclass

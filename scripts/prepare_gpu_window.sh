@@ -8,9 +8,9 @@ data=${AGAINZOO_DATA:-../shared/data}
 rm -rf .whl .data && mkdir -p .whl/site .data
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-# pydantic and what it needs (the GPU image has typer, timm, safetensors, huggingface_hub, pyyaml, tqdm, ...)
+# pydantic and what it needs, at the versions its METADATA asks for (the GPU image has typer, timm, safetensors, huggingface_hub, pyyaml, tqdm, ...)
 python3 -m pip download -q --no-deps "${plat[@]}" -d .whl pydantic==2.14.4 pydantic-core==2.50.5 \
-    annotated-types==0.7.0 typing-inspection==0.4.2
+    annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
 # pyautoattack's wheel carries 42 MB of example weights: carry its Python sources only (MIT licence)
 tmp=$(mktemp -d)
 python3 -m pip download -q --no-deps -d "$tmp" pyautoattack==0.2.0
