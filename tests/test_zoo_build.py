@@ -148,3 +148,43 @@ def test_budget_guard_skips_what_cannot_fit_and_says_so(tmp_path, monkeypatch):
 def test_cli_unknown_entry_is_one_line():
     res = CliRunner().invoke(app, ["zoo", "build", "again_nope"])
     assert res.exit_code == 2 and "unknown zoo entries ['again_nope']" in res.output and "Traceback" not in res.output
+
+
+def test_a_registry_note_is_warned_on_load(built, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from againzoo.registry import register
+
+    root, registry, _ = built
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    entry = next(e for e in entries(registry) if e.model == "again_resnet18")
+    try:
+        register(replace(entry, note="preliminary: read the card"), registry)
+        with pytest.warns(UserWarning, match="again_resnet18 \\(digits\\): preliminary: read the card"):
+            againzoo.create_model("again_resnet18", pretrained=True, dataset="digits")
+    finally:
+        register(entry, registry)
+
+
+def test_the_published_again_resnet18_loads_offline_and_matches_its_eval(monkeypatch, tmp_path):
+    """The repository's own zoo entry: sha256-checked local copy, clean accuracy equal to eval.json's."""
+    import numpy as np
+
+    from .conftest import LOSSLESS
+
+    if not LOSSLESS.exists():
+        pytest.skip(f"lossless CIFAR-10 test images not found at {LOSSLESS}")
+    monkeypatch.delenv("AGAINZOO_REGISTRY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    entry = next(e for e in entries() if (e.model, e.dataset) == ("again_resnet18", "cifar10"))
+    assert sha256_of(ROOT / "zoo" / "again_resnet18" / "model.safetensors") == entry.sha256
+    with pytest.warns(UserWarning, match="preliminary"):
+        model = torch.hub.load(str(ROOT), "again_resnet18", source="local", pretrained=True)
+    ev = json.loads((ROOT / "zoo" / "again_resnet18" / "eval.json").read_text())
+    n = ev["data"]["n"]
+    d = np.load(LOSSLESS)
+    x = torch.from_numpy(d["x_test"][:n]).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(d["y_test"][:n]).long()
+    assert abs(accuracy(model, x, y) - ev["clean_acc"]) <= 0.01
