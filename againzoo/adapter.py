@@ -48,6 +48,11 @@ def default_layer(backbone: nn.Module) -> str:
     return last["module"] if isinstance(last, dict) else info.get_dicts()[-1]["module"]
 
 
+def _tracing() -> bool:
+    """Inside torch.compile / torch.export / ONNX export: no data-dependent checks."""
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 class AgainModel(nn.Module):
     """A timm classifier wrapped with AGAIN's HFF and ASE at one layer.
 
@@ -93,6 +98,7 @@ class AgainModel(nn.Module):
         cfg = backbone_cfg(backbone)
         self.input_size = tuple(input_size or self._native_input_size(backbone, cfg))
         self.in_chans = int(self.input_size[0])
+        self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
         self.normalize_input = not getattr(backbone, "normalizes_input", False)
         mean = torch.tensor(cfg.get("mean", (0.0,) * self.in_chans), dtype=torch.float32)
         std = torch.tensor(cfg.get("std", (1.0,) * self.in_chans), dtype=torch.float32)
@@ -179,6 +185,30 @@ class AgainModel(nn.Module):
             raise ShapeError(f"expected a 4-D batch (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ShapeError(f"expected {self.in_chans} channels (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ShapeError(f"empty batch: got shape {tuple(x.shape)}")
+        if not self.training and not x.requires_grad and not _tracing():
+            # values at inference (one reduction, one host sync); attacks and training pass tensors that
+            # require grad or run in train mode, and skip it
+            lo, hi = torch.aminmax(x.detach().float())
+            lo, hi = float(lo), float(hi)
+            if lo != lo or hi != hi:
+                raise ShapeError("the batch contains NaN: expected float images in [0, 1]")
+            if abs(lo) == float("inf") or abs(hi) == float("inf"):
+                raise ShapeError("the batch contains inf: expected float images in [0, 1]")
+            if lo < -1e-6 or hi > 1 + 1e-6:
+                raise ShapeError(f"expected float images in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                                 "(divide uint8 pixels by 255; the model normalises inside)")
+
+    def check_targets(self, x: torch.Tensor, targets: torch.Tensor) -> None:
+        """Raise :class:`ShapeError` unless ``targets`` are (N,) integer labels in [0, num_classes)."""
+        if targets.shape != (x.shape[0],):
+            raise ShapeError(f"expected targets of shape ({x.shape[0]},), got {tuple(targets.shape)}")
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            raise ShapeError(f"expected integer class labels, got dtype {targets.dtype}")
+        lo, hi = torch.aminmax(targets)
+        if int(lo) < 0 or int(hi) >= self.num_classes:
+            raise ShapeError(f"labels must be in [0, {self.num_classes}), got values in [{int(lo)}, {int(hi)}]")
 
     def forward(
         self,
@@ -195,7 +225,12 @@ class AgainModel(nn.Module):
                 "AgainModel in train mode needs targets for the ASE label mix: call model(x, targets=y), "
                 "or model(x, again=False) for a plain forward"
             )
-        if targets is not None and targets.shape != (x.shape[0],):
+        if self.training and x.shape[0] == 1 and self._has_batchnorm:
+            raise ShapeError("a train-mode batch needs at least 2 images (BatchNorm); call model.eval() "
+                             "to classify one image")
+        if targets is not None and self.training:
+            self.check_targets(x, targets)
+        elif targets is not None and targets.shape != (x.shape[0],):
             raise ShapeError(f"expected targets of shape ({x.shape[0]},), got {tuple(targets.shape)}")
         if self.normalize_input:
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

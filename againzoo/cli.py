@@ -29,6 +29,26 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def require_extra(extra: str, modules: tuple[str, ...]) -> None:
+    """A one-line error naming the pip extra when an optional package is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"this command needs {', '.join(missing)}: pip install 'againzoo[{extra}]'")
+
+
+def _cpu_job(device: str) -> None:
+    """Before a CPU job: intra-op threads only on the idle cores (againzoo/cpu.py)."""
+    from .cpu import configure_threads
+    from .training.trainer import resolve_device
+
+    if resolve_device(device).type == "cpu":
+        note = configure_threads()
+        if note:
+            typer.echo(note, err=True)
+
+
 @app.command()
 @user_errors
 def train(
@@ -42,6 +62,7 @@ def train(
     """Train a recipe; writes a run directory (checkpoints, metrics.jsonl, curves.png)."""
     from .training import train as train_fn
 
+    _cpu_job(device)
     run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=not quiet)
     typer.echo(f"run dir: {run_dir}")
 
@@ -69,6 +90,7 @@ def eval_cmd(
         eps_value = None if eps is None else float(parse_number(eps))
     except ValueError as e:
         raise ConfigError(f"--eps: {e}") from None
+    _cpu_job(device)
     result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
                                        "last" if last else "best", progress=not quiet)
     d = result["data"]
@@ -143,6 +165,7 @@ def export(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="for the real-image parity check"),
 ) -> None:
     """Export the inference path to ONNX and verify onnxruntime against PyTorch (fails on mismatch)."""
+    require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
     from .onnx import ParityError, export_checkpoint
 
     try:
@@ -256,6 +279,7 @@ def zoo_build(
     """Train, publish (fp16), evaluate the published weights, register and re-card the zoo's models."""
     from .zoo import build
 
+    _cpu_job(device)
     m = build(ids or None, zoo_dir=zoo_dir, card=card, work_dir=work_dir, budget_minutes=budget_minutes,
               data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples,
               eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=not quiet)

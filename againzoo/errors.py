@@ -30,3 +30,11 @@ class CheckpointError(UserError, ValueError):
 
 class UsageError(UserError, ValueError):
     """The API was called in a way it does not support (e.g. a train-mode forward without targets)."""
+
+
+class OutputError(UserError, OSError):
+    """An output path cannot be written (a file in the way, no permission, a full disk)."""
+
+
+class HubError(UserError, ConnectionError):
+    """A Hugging Face Hub call failed: network, server, authentication or an invalid repo id."""

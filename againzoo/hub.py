@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .adapter import AgainModel
-from .errors import CheckpointError
+from .errors import CheckpointError, HubError
 from .factory import Normalized, build_model
 from .io import atomic_write_json, load_tensors, save_tensors
 
@@ -114,6 +114,11 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
+    for key, kind in (("architecture", str), ("num_classes", int)):
+        if not isinstance(config.get(key), kind):
+            raise CheckpointError(f"{cfg_path}: '{key}' must be a {kind.__name__}, got {config.get(key)!r}")
     model = model_from_config(config, num_classes)
     state, _ = load_tensors(directory / WEIGHTS)
     load_state(model, state, str(directory / WEIGHTS))
@@ -133,13 +138,46 @@ def _cache_dir() -> str | None:
     return None
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a Hub call raises when the network, the server or the credentials fail."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    kinds: list[type[BaseException]] = [HfHubHTTPError, OSError, ValueError, TimeoutError]
+    # huggingface_hub's HTTP client: httpx (or its httpx2 fork) in 1.x, requests before
+    for mod, name in (("httpx", "HTTPError"), ("httpx2", "HTTPError"), ("requests", "RequestException")):
+        try:
+            kinds.append(getattr(__import__(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(kinds)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (Hub errors carry multi-line server replies)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``org/name`` as the Hub accepts it, or a one-line :class:`HubError`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"invalid Hub repo id {repo_id!r}: {one_line(e)}") from None
+    if repo_id.count("/") != 1:
+        raise HubError(f"invalid Hub repo id {repo_id!r}: expected org/name")
+    return repo_id
+
+
 def download(repo_id: str, revision: str | None = None, filenames: tuple[str, ...] = HUB_FILES) -> Path:
     """Fetch ``filenames`` of a Hub repo (or find them in the cache) and return the snapshot folder.
 
     Honours ``HF_HUB_OFFLINE``, ``HF_HOME``/``HF_HUB_CACHE`` and the usual token locations.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     folder: Path | None = None
     for name in filenames:
@@ -155,8 +193,8 @@ def download(repo_id: str, revision: str | None = None, filenames: tuple[str, ..
             if name in (CONFIG, WEIGHTS):
                 raise CheckpointError(f"Hub repo {repo_id} has no {name}") from None
             continue
-        except (HfHubHTTPError, OSError, ValueError) as e:
-            raise CheckpointError(f"could not fetch {name} from Hub repo {repo_id!r}: {e}") from None
+        except network_errors() as e:
+            raise CheckpointError(f"could not fetch {name} from Hub repo {repo_id!r}: {one_line(e)}") from None
         folder = Path(path).parent
     assert folder is not None
     return folder
@@ -255,11 +293,10 @@ def push(path: str | Path, repo_id: str, private: bool = False, revision: str | 
     ``metrics.jsonl`` and ``curves.png``, and a generated ``README.md`` model card. With
     ``dry_run`` nothing leaves the machine; the returned dict lists the files and the card.
     """
-    import shutil
-    import tempfile
 
     from .card import load_checkpoint_info, model_card
 
+    check_repo_id(repo_id)
     info = load_checkpoint_info(path)  # requires config.json and eval.json
     wdir, run = info["dir"], Path(path)
     files = {name: wdir / name for name in (CONFIG, WEIGHTS, "eval.json")}
@@ -273,17 +310,18 @@ def push(path: str | Path, repo_id: str, private: bool = False, revision: str | 
             "card": card}
     if dry_run:
         return plan
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi(token=token)
-    with tempfile.TemporaryDirectory(prefix="againzoo-push-") as tmp:
-        for name, p in files.items():
-            shutil.copy2(p, Path(tmp) / name)
-        (Path(tmp) / "README.md").write_text(card)
+    api = HfApi(token=token, library_name="againzoo", library_version=__version__)
+    ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(p)) for name, p in files.items()]
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+        commit = api.create_commit(repo_id, ops, revision=revision,
                                    commit_message=f"againzoo {__version__}: {info['recipe'].get('name', repo_id)}")
+    except network_errors() as e:
+        raise HubError(f"push to {repo_id} failed: {one_line(e)}") from None
     plan["commit"] = str(getattr(commit, "commit_url", commit))
     return plan

@@ -18,13 +18,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
+
+
+def writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` (and parents) for output, or raise a one-line :class:`OutputError`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write into {folder}: {e.strerror or e}") from None
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"cannot write into {folder}: permission denied")
+    return folder
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o644)

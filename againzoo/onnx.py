@@ -30,6 +30,7 @@ from torch import nn
 from . import __version__
 from .adapter import AgainModel
 from .errors import ConfigError
+from .io import writable_dir
 
 OPSET = 18
 ATOL = 1e-4
@@ -186,7 +187,7 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
     size = tuple(getattr(model, "input_size", None) or (config or {}).get("pretrained_cfg", {}).get("input_size")
                  or model.pretrained_cfg["input_size"])
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(output.parent)  # fail before the export, not after it
     with tempfile.TemporaryDirectory(prefix="againzoo-onnx-") as tmp:
         full = Path(tmp) / "full.onnx"
         _export(InferenceGraph(model, with_softmax, True), full, batch, opset, size)

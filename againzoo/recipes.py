@@ -85,7 +85,7 @@ class DataSection(Section):
 class AttackSection(Section):
     """The training attack; ``step_size: null`` means ``2.5 * eps / steps`` (Madry et al.)."""
 
-    eps: float = Field(8 / 255, gt=0)
+    eps: float = Field(8 / 255, gt=0, le=1)  # images are in [0, 1]
     step_size: Optional[float] = Field(None, gt=0)
     steps: int = Field(10, ge=1)
     random_start: bool = True
@@ -273,9 +273,13 @@ def load(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe (a path or a shipped recipe's name)."""
     path = resolve_path(recipe)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe: {e}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the recipe is empty: expected a mapping of recipe keys (at least name:)")
     return parse(apply_overrides(raw, overrides), str(path.name))
 
 

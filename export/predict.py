@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,12 @@ class Predictor:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
+        if not Path(path).is_file():
+            raise InputError(f"model file not found: {path}")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds for a bad file
+            raise InputError(f"cannot load {path} as an ONNX model: {' '.join(str(e).split())[:200]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -88,8 +94,13 @@ class Predictor:
     def _load_image(self, item: Any) -> np.ndarray:
         from PIL import Image
 
-        img = item if isinstance(item, Image.Image) else Image.open(item)
-        img = img.convert("RGB" if self.channels == 3 else "L")
+        try:
+            img = item if isinstance(item, Image.Image) else Image.open(item)
+            img = img.convert("RGB" if self.channels == 3 else "L")  # grayscale, palette, RGBA: converted
+        except Image.DecompressionBombError as e:  # a huge image: refused before it is decoded
+            raise InputError(f"{item}: {e}") from None
+        except OSError as e:  # a missing file, or not an image PIL can read
+            raise InputError(f"{item}: not a readable image ({e})") from None
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -155,19 +166,23 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = ap.parse_args(list(argv) if argv is not None else None)
     if not args.images and not args.npy:
         ap.error("give image files or --npy")
-    p = Predictor(args.model, clamp=args.clamp)
     try:
+        p = Predictor(args.model, clamp=args.clamp)
         inputs = np.load(args.npy, allow_pickle=False) if args.npy else list(args.images)
         result = p.predict(inputs)
-    except (InputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (InputError, OSError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     names = args.images or [f"{args.npy}[{i}]" for i in range(len(result.labels))]
-    for name, top in zip(names, result.top(args.top)):
-        if args.json:
-            print(json.dumps({"input": name, "top": [{"label": l, "probability": pr} for l, pr in top]}))
-        else:
-            print(name, " ".join(f"{l}:{pr:.4f}" for l, pr in top))
+    try:
+        for name, top in zip(names, result.top(args.top)):
+            if args.json:
+                print(json.dumps({"input": name, "top": [{"label": l, "probability": pr} for l, pr in top]}))
+            else:
+                print(name, " ".join(f"{l}:{pr:.4f}" for l, pr in top))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` closed the pipe: stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

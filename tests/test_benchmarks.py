@@ -39,3 +39,13 @@ def test_inference_benchmark_runs(tmp_path):
     assert {(r["runtime"], r["batch"]) for r in rows} >= {("torch eager (cpu)", 1), ("onnxruntime CPU", 1),
                                                            ("torch eager (cpu)", 64), ("onnxruntime CPU", 64)}
     assert "vs torch cpu" in stdout
+
+
+def test_cpu_contention_benchmark_runs(tmp_path):
+    data, stdout = run_benchmark("cpu_contention.py", tmp_path / "cpu.json", "--set", "epochs=1",
+                                 "--set", "model.kwargs.width=4", "--set", "data.val_size=50", "--set", "eval.n_val=20",
+                                 "--set", "eval.n_test=20", "--set", "eval.n_train=20", "--set", "attack.steps=1")
+    assert [r["threads"] for r in data["results"]] == ["idle cores (againzoo)", "all cores"]
+    assert all(r["alone_s"] > 0 and r["busy_over_alone"] == round(r["busy_s"] / r["alone_s"], 3)
+               for r in data["results"])
+    assert "busy/alone" in stdout

@@ -148,7 +148,7 @@ def test_push_uploads_with_hfapi(tiny_runs, monkeypatch):
     calls = {}
 
     class FakeApi:
-        def __init__(self, token=None):
+        def __init__(self, token=None, **kw):
             calls["token"] = token
 
         def create_repo(self, repo_id, private=False, exist_ok=False):
@@ -157,16 +157,46 @@ def test_push_uploads_with_hfapi(tiny_runs, monkeypatch):
         def create_branch(self, repo_id, branch, exist_ok=False):
             calls["branch"] = branch
 
-        def upload_folder(self, repo_id, folder_path, revision=None, commit_message=""):
-            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-            calls["card"] = (Path(folder_path) / "README.md").read_text()
+        def create_commit(self, repo_id, operations, revision=None, commit_message=""):
+            calls["files"] = sorted(op.path_in_repo for op in operations)
+            calls["sources"] = {op.path_in_repo: op.path_or_fileobj for op in operations}
             return "https://example.invalid/commit/1"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     plan = push(run, "me/again-digits", private=True, revision="v1")
     assert calls["create"] == ("me/again-digits", True, True) and calls["branch"] == "v1"
     assert calls["files"] == plan["files"] and "state.safetensors" not in calls["files"]
-    assert calls["card"].startswith("---\nlicense:")
+    # files are committed from where they are (no temporary copies); the card from memory
+    assert calls["sources"]["model.safetensors"] == str(run / "best" / "model.safetensors")
+    assert calls["sources"]["README.md"].decode().startswith("---\nlicense:")
+
+
+@pytest.mark.parametrize("repo_id", ["no-slash", "a/b/c", "bad name/x", "org/" + "x" * 120])
+def test_push_refuses_an_invalid_repo_id_in_one_line(tiny_runs, repo_id):
+    res = CliRunner().invoke(app, ["push", str(tiny_runs["again"]), "--repo-id", repo_id])
+    assert res.exit_code == 2 and "invalid Hub repo id" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_push_and_download_without_network_are_one_line(tiny_runs, monkeypatch, tmp_path):
+    """A Hub endpoint that refuses connections: the command says so in one line, exit 2."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub_constants(), "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    res = CliRunner().invoke(app, ["push", str(tiny_runs["again"]), "--repo-id", "me/again-digits"])
+    assert res.exit_code == 2 and res.output.startswith("error: push to me/again-digits failed"), res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["eval", "me/not-cached-anywhere", "-n", "4"])
+    assert res.exit_code == 2 and "me/not-cached-anywhere" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def huggingface_hub_constants():
+    from huggingface_hub import constants
+
+    return constants
 
 
 def test_no_torch_load_anywhere():

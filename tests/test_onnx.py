@@ -159,3 +159,44 @@ def test_predictor_clamp_and_uint8(exported):
     np.testing.assert_allclose(a, b, atol=1e-6)
     u = (x * 255).astype(np.uint8)
     np.testing.assert_allclose(p.predict(u).probabilities, p.predict(u.astype(np.float32) / 255).probabilities, atol=1e-6)
+
+
+def _predict_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "export" / "predict.py"), *args], capture_output=True,
+                          text=True, timeout=120, **kw)
+
+
+def _one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 2 and res.stdout == "", (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    return res.stderr
+
+
+def test_predict_cli_missing_and_corrupt_model_files(exported, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
+    assert "model file not found" in _one_line_error(_predict_cli(str(tmp_path / "none.onnx"), str(tmp_path / "img.png")))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(exported[0].read_bytes()[:300])
+    assert "cannot load" in _one_line_error(_predict_cli(str(bad), str(tmp_path / "img.png")))
+
+
+def test_predict_cli_images_non_image_grayscale_and_huge(exported, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert "not a readable image" in _one_line_error(_predict_cli(str(exported[0]), str(tmp_path / "notes.txt")))
+    assert "not a readable image" in _one_line_error(_predict_cli(str(exported[0]), str(tmp_path / "missing.png")))
+    Image.new("L", (20, 20), 128).save(tmp_path / "gray.png")  # grayscale: converted to RGB and resized
+    ok = _predict_cli(str(exported[0]), str(tmp_path / "gray.png"))
+    assert ok.returncode == 0 and ok.stdout.startswith(str(tmp_path / "gray.png")), ok.stderr
+    Image.new("1", (15_000, 15_000)).save(tmp_path / "huge.png")  # 225 Mpixel: PIL's decompression-bomb limit
+    assert "huge.png" in _one_line_error(_predict_cli(str(exported[0]), str(tmp_path / "huge.png")))
+
+
+def test_predict_cli_into_a_closed_pipe(exported, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((2000, 3, 16, 16), dtype=np.float32))
+    res = subprocess.run(f"{sys.executable} {ROOT / 'export' / 'predict.py'} {exported[0]} --npy {tmp_path / 'x.npy'}"
+                         " | head -n 1", shell=True, capture_output=True, text=True, timeout=120)
+    assert len(res.stdout.splitlines()) == 1 and res.stderr == "", res.stderr
