@@ -189,7 +189,8 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
         if self.lr_schedule.name == "multistep" and any(m > self.epochs for m in self.lr_schedule.milestones):
-            raise ValueError(f"lr_schedule.milestones {self.lr_schedule.milestones} exceed epochs={self.epochs}")
+            raise ValueError(f"lr_schedule.milestones {self.lr_schedule.milestones} exceed epochs={self.epochs} "
+                             "(--set epochs=N alone scales the recipe's milestones; or set lr_schedule.milestones)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,8 +233,33 @@ def format_error(err: ValidationError, source: str) -> str:
 
 # -- loading -------------------------------------------------------------------------------
 
+def scale_milestones(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Shortening (or lengthening) a recipe with ``--set epochs=N`` scales its multistep milestones by
+    ``N / epochs`` (rounded, at least 1, duplicates dropped), unless the milestones are set too:
+    ``--set epochs=60`` turns a 120-epoch recipe's [75, 90, 100] into [38, 45, 50]. Other epoch counts
+    (the AGAIN ramp, the AWP warm-up, monitoring) are kept as written."""
+    keys = [o.split("=", 1)[0].strip() for o in overrides or [] if "=" in o]
+    if not isinstance(raw, dict):
+        return raw  # parse() reports it
+    sched = raw.get("lr_schedule")
+    if ("epochs" not in keys or any(k.startswith("lr_schedule.milestones") or k == "lr_schedule" for k in keys)
+            or not isinstance(sched, dict) or sched.get("name", "multistep") != "multistep"
+            or not isinstance(sched.get("milestones"), list)
+            or not isinstance(raw.get("epochs", Recipe.model_fields["epochs"].default), int)):
+        return raw
+    old = raw.get("epochs", Recipe.model_fields["epochs"].default)
+    new = yaml.safe_load(next(o for o in reversed(overrides or []) if o.split("=", 1)[0].strip() == "epochs")
+                         .split("=", 1)[1])
+    if not isinstance(new, int) or new < 1 or old < 1:
+        return raw  # validation reports the bad value
+    scaled = sorted({max(1, round(m * new / old)) for m in sched["milestones"] if isinstance(m, (int, float))})
+    sched["milestones"] = scaled
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw recipe dict."""
+    raw = scale_milestones(raw, overrides)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key.path=value, got {item!r}")
@@ -280,6 +306,8 @@ def load(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise ConfigError(f"{path}: cannot read the recipe: {e}") from None
     if raw is None:
         raise ConfigError(f"{path}: the recipe is empty: expected a mapping of recipe keys (at least name:)")
+    if not isinstance(raw, dict):
+        return parse(raw, str(path.name))  # raises: not a mapping
     return parse(apply_overrides(raw, overrides), str(path.name))
 
 

@@ -88,3 +88,14 @@ def test_recipes_command_lists_descriptions():
     result = CliRunner().invoke(app, ["recipes"])
     assert result.exit_code == 0
     assert "quickstart" in result.output and "AGAIN-AWP" in result.output
+
+
+def test_set_epochs_scales_multistep_milestones():
+    """The README's own example: shortening a 120-epoch paper recipe scales its LR milestones."""
+    r = recipes.load("cifar10_resnet18_again_awp", ["epochs=60", "batch_size=256"])
+    assert r.epochs == 60 and r.lr_schedule.milestones == [38, 45, 50]
+    r = recipes.load("cifar10_resnet18_again_awp", ["epochs=2"])
+    assert r.lr_schedule.milestones == [1, 2]  # rounded, at least 1, duplicates dropped
+    r = recipes.load("cifar10_resnet18_again_awp", ["epochs=60", "lr_schedule.milestones=[30, 50]"])
+    assert r.lr_schedule.milestones == [30, 50]  # set explicitly: kept
+    assert recipes.load("cifar10_resnet18_again_awp").lr_schedule.milestones == [75, 90, 100]
