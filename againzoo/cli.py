@@ -29,6 +29,20 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+AA_BUDGET_HELP = ("a reduced official AutoAttack budget for quick checks, N_ITER,N_TARGETS,N_QUERIES "
+                  "(e.g. 5,2,10); results say REDUCED and are not comparable with leaderboards")
+
+
+def parse_aa_budget(text: str | None) -> dict[str, dict[str, int]]:
+    """``--aa-budget 5,2,10`` -> ``{"aa_budget": {"n_iter": 5, "n_targets": 2, "n_queries": 10}}``."""
+    if text is None:
+        return {}
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--aa-budget expects three positive integers N_ITER,N_TARGETS,N_QUERIES, got {text!r}")
+    return {"aa_budget": dict(zip(("n_iter", "n_targets", "n_queries"), (int(p) for p in parts)))}
+
+
 def require_extra(extra: str, modules: tuple[str, ...]) -> None:
     """A one-line error naming the pip extra when an optional package is missing."""
     import importlib.util
@@ -80,6 +94,7 @@ def eval_cmd(
     last: bool = typer.Option(False, "--last", help="evaluate the last epoch instead of best/"),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
+    aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
@@ -92,7 +107,7 @@ def eval_cmd(
         raise ConfigError(f"--eps: {e}") from None
     _cpu_job(device)
     result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
-                                       "last" if last else "best", progress=not quiet)
+                                       "last" if last else "best", progress=not quiet, **parse_aa_budget(aa_budget))
     d = result["data"]
     typer.echo(f"{result['suite']} suite, eps={result['eps']:.5f} ({result['norm']}), {d['n']} images of "
                f"{d['name']}/{d['split']} ({'lossless' if d.get('lossless') else 'lossy JPEG-75'})")
@@ -271,6 +286,7 @@ def zoo_build(
     set_: List[str] = typer.Option([], "--set", help="override a key of every recipe: --set epochs=2"),
     n_examples: int = typer.Option(1000, "--n-examples", "-n"),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size", help="batch of the evaluation's attacks"),
+    aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     parts_dir: Optional[Path] = typer.Option(None, "--parts-dir", help="also write each finished entry as a tar "
                                              "in parts here (with the registry, card and manifest)"),
     split_mb: float = typer.Option(16, "--split-mb", help="largest part, MiB"),
@@ -282,7 +298,8 @@ def zoo_build(
     _cpu_job(device)
     m = build(ids or None, zoo_dir=zoo_dir, card=card, work_dir=work_dir, budget_minutes=budget_minutes,
               data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples,
-              eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=not quiet)
+              eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=not quiet,
+              eval_kw=parse_aa_budget(aa_budget))
     for e in m["entries"]:
         if "skipped" in e:
             typer.echo(f"{e['id']}: SKIPPED ({e['skipped']})")

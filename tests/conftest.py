@@ -15,6 +15,8 @@ LOSSLESS = SHARED_DATA / "cifar10-lossless-subset.npz"
 
 if "OMP_NUM_THREADS" not in os.environ:  # CI: both cores; set OMP_NUM_THREADS=1 when sharing the machine
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# CLI commands run in-process keep this count (againzoo/cpu.py would otherwise sample the load)
+os.environ.setdefault("AGAINZOO_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

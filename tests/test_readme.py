@@ -1,0 +1,164 @@
+"""The README is executable: every ``bash`` and ``python`` block of README.md and export/README.md
+runs here, in order, in a copy of the repository, so an example can never drift from the code.
+
+Documented substitutions (the only ones), for CI's 2 cores and no network:
+
+* ``python3 -m venv ... && pip install ... && CMD`` runs ``CMD`` (the set-up part is what CI itself
+  runs); ``pip install`` lines and the test command itself (``python -m pytest``) are not re-run;
+* ``againzoo train`` (not ``--resume``) and ``againzoo zoo build`` get the tiny overrides
+  :data:`TINY_TRAIN` appended (the digits dataset, width 4, one epoch, one-step attacks);
+  ``againzoo eval`` and ``zoo build`` get ``-n 8 --aa-budget 2,2,5``; ``evaluate(...)`` gets
+  :data:`TINY_EVAL`;
+* optional arguments written in brackets (``[--private]``) are dropped;
+* ``cat.png``, ``ship.png``, ``ship.jpg`` and ``batch.npy`` are made from digits test images, and
+  ``predict.py`` / ``from predict import`` resolve to ``export/`` (the serving machine's copy);
+* a line marked ``needs the Hub`` runs offline and must fail at once with a one-line error (a
+  :class:`UserError` for againzoo's own calls); a line marked ``needs a GPU`` is not run here.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from againzoo.cli import app
+from againzoo.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "export" / "README.md"]
+TINY_TRAIN = ["model.kwargs.width=4", "epochs=1", "data.dataset=digits", "data.val_size=50", "eval.n_val=20",
+              "eval.n_test=20", "eval.n_train=20", "attack.steps=1", "eval.attack_steps=1", "batch_size=64",
+              "log_every=1000"]
+TINY_EVAL_ARGS = ["-n", "8", "--aa-budget", "2,2,5"]
+TINY_EVAL = ", aa_budget={'n_iter': 2, 'n_targets': 2, 'n_queries': 5}, pgd_steps=(2,), cw_steps=2, aa_iter=3, " \
+            "n_targets=2, n_check=8"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def blocks() -> list[tuple[str, str, str]]:
+    """(where, language, code) of every bash/python block, in reading order."""
+    out = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1) in ("bash", "python"):
+                line = text[: m.start()].count("\n") + 1
+                out.append((f"{doc.relative_to(ROOT)}:{line}", m.group(1), m.group(2)))
+    return out
+
+
+def test_the_readmes_have_the_blocks_this_test_runs():
+    langs = [lang for _, lang, _ in blocks()]
+    assert langs.count("bash") >= 8 and langs.count("python") >= 4
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the checkout (no .git, venv or runs) with the sample images the README names."""
+    dst = tmp_path_factory.mktemp("readme") / "againzoo"
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "out", ".data", ".whl",
+                                                             "__pycache__", "*.onnx", "analysis", "my_ckpt"))
+    from againzoo.data import load_dataset
+    from PIL import Image
+
+    ds = load_dataset("digits", "test")
+    for name, i in (("cat.png", 0), ("ship.png", 1), ("ship.jpg", 2)):
+        Image.fromarray(ds.x[i]).save(dst / name)
+    np.save(dst / "batch.npy", ds.x[:4].transpose(0, 3, 1, 2))  # uint8 (N, C, H, W)
+    return dst
+
+
+def _bash_commands(code: str) -> list[tuple[str, list[str]]]:
+    """(marker, argv) per command line, after the documented substitutions."""
+    out = []
+    for raw in code.splitlines():
+        marker = "hub" if "needs the Hub" in raw else "gpu" if "needs a GPU" in raw else ""
+        line = re.sub(r"\s*\[[^\]]*\]", "", raw)
+        argv = shlex.split(line, comments=True)
+        if not argv:
+            continue
+        if "&&" in argv:  # set-up chain: run what follows the installs
+            cut = max(i for i, a in enumerate(argv) if a == "&&")
+            if any(a == "install" for a in argv[:cut]):
+                argv = argv[cut + 1:]
+        if argv[:2] == ["pip", "install"] or argv[1:4] == ["-m", "pytest", "-q"] or argv[:3] == ["python", "-m", "pytest"]:
+            continue
+        out.append((marker, argv))
+    return out
+
+
+def _run_againzoo(args: list[str], marker: str, where: str) -> None:
+    if args[0] == "train" and "--resume" not in args or args[:2] == ["zoo", "build"]:
+        args = args + [x for o in TINY_TRAIN for x in ("--set", o)]
+    if args[0] == "eval" or args[:2] == ["zoo", "build"]:
+        args = args + TINY_EVAL_ARGS
+    res = CliRunner().invoke(app, args)
+    if marker == "hub":
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (where, args, res.output)
+        return
+    assert res.exit_code == 0, (where, args, res.output, res.exception)
+
+
+def _run_python_cli(argv: list[str], repo: Path, where: str) -> None:
+    if argv[1] == "predict.py":
+        argv = [argv[0], "export/predict.py", *argv[2:]]
+    res = subprocess.run([sys.executable, *argv[1:]], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (where, argv, res.stderr[-2000:])
+
+
+def _run_python(code: str, ns: dict, where: str) -> None:
+    code = code.replace('suite="full", eps=8/255)', f'suite="full", eps=8/255{TINY_EVAL})')
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    for node in tree.body:
+        src = "\n".join(lines[node.lineno - 1: node.end_lineno])
+        stmt = compile(ast.Module([node], []), where, "exec")
+        if "needs the Hub" in src:
+            kind = Exception if "torch.hub.load(" in src else UserError
+            with pytest.raises(kind) as e:
+                exec(stmt, ns)
+            assert "\n" not in str(e.value).strip() or kind is Exception, (where, src, str(e.value))
+        else:
+            exec(stmt, ns)
+
+
+def test_every_readme_block_runs(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("AGAINZOO_REGISTRY", str(repo / "againzoo" / "registry.json"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(repo / ".hf"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(repo / "export"))
+    ns: dict = {"__name__": "__readme__"}
+    ran = 0
+    for where, lang, code in blocks():
+        if lang == "python":
+            _run_python(code, ns, where)
+            ran += 1
+            continue
+        for marker, argv in _bash_commands(code):
+            if marker == "gpu":
+                continue
+            if argv[0] == "againzoo":
+                _run_againzoo(argv[1:], marker, where)
+            elif argv[0] in ("python", "python3"):
+                _run_python_cli(argv, repo, where)
+            else:
+                pytest.fail(f"{where}: no rule to run {argv[0]!r}: {shlex.join(argv)}")
+            ran += 1
+    assert ran >= 25
+    # what the examples produced, where the README says they would be
+    for path in ("runs/quickstart/best/model.safetensors", "runs/cifar10_resnet18_again_pgd_at/best/eval.json",
+                 "runs/cifar10_resnet18_again_awp/state/state.safetensors", "model.onnx", "MODEL_CARD.md",
+                 "analysis/asc.png", "my_ckpt/model.safetensors"):
+        assert (repo / path).exists(), path
