@@ -168,7 +168,8 @@ class EvalSection(Section):
 
 
 class Recipe(Section):
-    name: str
+    # the run directory's name under output_dir: never a path (no '/', no '..')
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
     description: str = ""
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()

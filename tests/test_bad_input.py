@@ -43,6 +43,8 @@ RECIPE_TEXTS = {
     "yaml_list": ("- name: r\n- epochs: 3\n", "expected a mapping"),
     "yaml_syntax": ("name: r\nattack: {eps: 8/255\n", "invalid YAML"),
     "missing_name": ("epochs: 3\n", "name"),
+    "name_escapes_output_dir": ("name: ../../outside\n", "name"),
+    "name_is_absolute": ("name: /tmp/outside\n", "name"),
 }
 
 
