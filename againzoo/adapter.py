@@ -27,6 +27,7 @@ from torch import nn
 from .ase import GATES, AttributionSpanEnlargement
 from .errors import ConfigError, ShapeError, UsageError
 from .hff import LAYOUTS, HybridFeatureFusion
+from .models._base import inside_normalized, model_stats
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -100,10 +101,9 @@ class AgainModel(nn.Module):
         self.in_chans = int(self.input_size[0])
         self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
         self.normalize_input = not getattr(backbone, "normalizes_input", False)
-        mean = torch.tensor(cfg.get("mean", (0.0,) * self.in_chans), dtype=torch.float32)
-        std = torch.tensor(cfg.get("std", (1.0,) * self.in_chans), dtype=torch.float32)
-        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+        mean, std = model_stats(cfg, self.in_chans)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
         shape = self._probe_shape(modules[self.layer])
         self.layout = layout or self._infer_layout(shape, self.layer)
@@ -268,7 +268,11 @@ class AgainModel(nn.Module):
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        return backbone_cfg(self.backbone)
+        """The backbone's cfg as timm's data pipeline must see it: this model normalises inside."""
+        cfg = backbone_cfg(self.backbone)
+        if not self.normalize_input:
+            return cfg  # the backbone normalises itself and says so already
+        return inside_normalized(cfg, *model_stats(cfg, self.in_chans))
 
     def extra_repr(self) -> str:
         return f"layer={self.layer!r}, num_features={self.num_features}, aux_weight={self.aux_weight}"

@@ -106,7 +106,8 @@ def model_index(info: dict[str, Any]) -> list[dict[str, Any]]:
              "results": [{"task": {"type": "image-classification", "name": "Image Classification"},
                           "dataset": {"type": ds, "name": f"{DATASET_NAMES.get(ds, ds)} ({_data_line(ev)})",
                                       "split": ev["data"].get("split")},
-                          "metrics": [{"type": "accuracy", "name": name, "value": float(pct(v))}
+                          "metrics": [{"type": "accuracy", "name": name, "value": float(pct(v)),
+                                       "args": {"eps": float(ev["eps"]), "norm": ev["norm"]}}
                                       for name, v in _metrics_rows(ev)]}]}]
 
 
@@ -143,12 +144,13 @@ def _eval_table(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(path: str | Path) -> str:
-    """The Hub README.md of one checkpoint."""
+def model_card(path: str | Path, repo_id: str | None = None) -> str:
+    """The Hub README.md of one checkpoint (``repo_id``: the repo it is pushed to, for the snippet)."""
     info = load_checkpoint_info(path)
     cfg, ev, recipe = info["config"], info["eval"], info["recipe"]
     ds = _dataset(info)
     meta = {"license": (cfg.get("pretrained_cfg") or {}).get("license", "apache-2.0"), "library_name": "againzoo",
+            "pipeline_tag": "image-classification",
             "tags": ["image-classification", "adversarial-robustness", "adversarial-training", "againzoo", "timm"]
             + (["again"] if cfg.get("again") else []),
             "datasets": [ds], "metrics": ["accuracy"], "model-index": model_index(info)}
@@ -156,7 +158,7 @@ def model_card(path: str | Path) -> str:
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     lines += [f"{_method(recipe, cfg)} of `{cfg['architecture']}` on {DATASET_NAMES.get(ds, ds)}, trained and "
               f"evaluated with [againzoo](https://github.com/againzoo/againzoo).", ""]
-    lines += ["## Use", "", "```python", "import againzoo", f'model = againzoo.from_pretrained("<this repo id>")',
+    lines += ["## Use", "", "```python", "import againzoo", f'model = againzoo.from_pretrained("{repo_id or "<this repo id>"}")',
               "logits = model(images)  # float images in [0, 1], NCHW; normalisation is inside", "```", ""]
     lines += ["## Robustness (measured)", "", f"{ev['suite']} suite, {ev['norm']} eps={eps_str(ev['eps'])}, "
               f"{_data_line(ev)}; per-example worst case over every attack of the suite:", ""] + _eval_table(ev) + [""]

@@ -6,16 +6,30 @@ User mistakes (:class:`~againzoo.errors.UserError`) print one line on stderr and
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
 
+from . import __version__
 from .errors import ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="AGAIN adversarial training, robustness evaluation and the againzoo model zoo.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"againzoo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
+    """AGAIN adversarial training, robustness evaluation and the againzoo model zoo."""
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -95,6 +109,7 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
     aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print the eval.json result instead of the table"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
@@ -107,7 +122,11 @@ def eval_cmd(
         raise ConfigError(f"--eps: {e}") from None
     _cpu_job(device)
     result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
-                                       "last" if last else "best", progress=not quiet, **parse_aa_budget(aa_budget))
+                                       "last" if last else "best", progress=not quiet and not as_json,
+                                       **parse_aa_budget(aa_budget))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
     d = result["data"]
     typer.echo(f"{result['suite']} suite, eps={result['eps']:.5f} ({result['norm']}), {d['n']} images of "
                f"{d['name']}/{d['split']} ({'lossless' if d.get('lossless') else 'lossy JPEG-75'})")
@@ -326,22 +345,30 @@ def zoo_join(parts_dir: Path = typer.Argument(..., help="folder with NN-<id>.par
 
 @app.command("recipes")
 @user_errors
-def list_recipes() -> None:
+def list_recipes(as_json: bool = typer.Option(False, "--json", help="one JSON object: name -> description")) -> None:
     """List the shipped recipes."""
     from .recipes import shipped
 
     items = shipped()
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
     width = max(map(len, items), default=0)
     for name, desc in items.items():
         typer.echo(f"{name:<{width}}  {desc}")
 
 
 @app.command("models")
-def list_models_cmd(pattern: str = typer.Argument("again_*")) -> None:
+def list_models_cmd(pattern: str = typer.Argument("again_*"),
+                    as_json: bool = typer.Option(False, "--json", help="a JSON list")) -> None:
     """List the zoo's model names (again_<any timm model> works too)."""
     from .factory import list_models
 
-    for name in list_models(pattern):
+    names = list_models(pattern)
+    if as_json:
+        typer.echo(json.dumps(names))
+        return
+    for name in names:
         typer.echo(name)
 
 

@@ -244,7 +244,7 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
             ("PGD-50", AttackSpec("PGD-50", "pgd", steps=50), eps)]
     runs += [(f"PGD-20@{s:g}eps", AttackSpec("PGD-20", "pgd", steps=20), s * eps) for s in scales]
     runs += [(f"PGD-20@large", AttackSpec("PGD-20", "pgd", steps=20), large)]
-    bar = tqdm(total=len(runs) * math.ceil(n / batch_size), desc="soundness checks", disable=not progress, leave=False)
+    bar = tqdm(total=len(runs) * math.ceil(n / batch_size), desc="soundness checks", disable=None if progress else True, leave=False)
     acc: dict[str, float] = {}
     ok_all = torch.ones(n, dtype=torch.bool, device=x.device)
     for name, spec, e in runs:
@@ -322,7 +322,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     xc, yc = x[idx], y[idx]
     n = len(y)
     batches = math.ceil(len(idx) / batch_size) if len(idx) else 0
-    bar = tqdm(total=len(specs) * batches, desc=f"{suite} suite", disable=not progress)
+    bar = tqdm(total=len(specs) * batches, desc=f"{suite} suite", disable=None if progress else True)
     correct: dict[str, torch.Tensor] = {}
     attacks: dict[str, Any] = {}
     aa_runs: list[AA.AutoAttackRun] = []

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .adapter import AgainModel, backbone_cfg
+from .models._base import inside_normalized, model_stats
 from .errors import ConfigError
 
 ZOO = {
@@ -51,14 +52,15 @@ class Normalized(nn.Module):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        cfg = backbone_cfg(backbone)
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0))).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (1.0, 1.0, 1.0))).view(1, -1, 1, 1), persistent=False)
+        mean, std = model_stats(backbone_cfg(backbone))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.num_classes = backbone.num_classes
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        return backbone_cfg(self.backbone)
+        mean, std = model_stats(backbone_cfg(self.backbone))
+        return inside_normalized(backbone_cfg(self.backbone), mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))

@@ -37,13 +37,14 @@ def model_config(model: nn.Module, label_names: list[str] | None = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` of a model built by :func:`againzoo.factory.build_model`."""
     backbone = _backbone(model)
-    cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
+    # the model's public cfg: identity mean/std for timm's data pipeline, statistics in model_mean/std
+    cfg = dict(getattr(model, "pretrained_cfg", None) or getattr(backbone, "pretrained_cfg", {}) or {})
     arch = cfg.get("architecture") or type(backbone).__name__
     args = {k: v for k, v in getattr(backbone, "_model_args", {}).items()
             if k not in ("num_classes", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
     pcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
-            if k in ("input_size", "mean", "std", "interpolation", "crop_pct", "first_conv", "classifier",
-                     "normalize_in_model", "license")}
+            if k in ("input_size", "mean", "std", "model_mean", "model_std", "interpolation", "crop_pct",
+                     "first_conv", "classifier", "normalize_in_model", "license")}
     if label_names is not None:
         pcfg["label_names"] = list(label_names)
     out: dict[str, Any] = {
@@ -78,6 +79,9 @@ def model_from_config(config: dict[str, Any], num_classes: int | None = None) ->
     pcfg = config.get("pretrained_cfg") or {}
     if "input_size" in pcfg or "mean" in pcfg:
         overlay = {k: tuple(pcfg[k]) for k in ("input_size", "mean", "std") if k in pcfg}
+        # the backbone is built with the statistics the model applies inside (timm's own PretrainedCfg
+        # knows no model_mean key); the model then shows identity mean/std again
+        overlay.update({k: tuple(pcfg[f"model_{k}"]) for k in ("mean", "std") if f"model_{k}" in pcfg})
         args["pretrained_cfg_overlay"] = {**args.get("pretrained_cfg_overlay", {}), **overlay}
     again = config.get("again")
     if again is not None:
@@ -304,7 +308,7 @@ def push(path: str | Path, repo_id: str, private: bool = False, revision: str | 
     missing = [n for n, p in files.items() if not p.exists()]
     if missing:
         raise CheckpointError(f"cannot push {path}: missing {', '.join(missing)}")
-    card = model_card(path)
+    card = model_card(path, repo_id)
     plan = {"repo_id": repo_id, "private": private, "revision": revision,
             "files": sorted([*files, "README.md"]), "sizes": {n: p.stat().st_size for n, p in files.items()},
             "card": card}

@@ -67,8 +67,8 @@ def _metadata(model: nn.Module, config: dict[str, Any] | None, eval_json: dict[s
         "opset": str(opset),
         "input": "float32 images in [0, 1], NCHW, normalisation inside the graph",
         "input_size": json.dumps(list(cfg.get("input_size", []))),
-        "mean": json.dumps(list(cfg.get("mean", []))),
-        "std": json.dumps(list(cfg.get("std", []))),
+        "mean": json.dumps(list(cfg.get("model_mean", cfg.get("mean", [])))),  # applied inside the graph
+        "std": json.dumps(list(cfg.get("model_std", cfg.get("std", [])))),
         "class_names": json.dumps(list(cfg.get("label_names", []))),
         "architecture": str((config or {}).get("architecture", cfg.get("architecture", ""))),
         "again": json.dumps(model.again_config() if isinstance(model, AgainModel) else None),

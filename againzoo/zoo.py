@@ -196,7 +196,7 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
                                 "eval_batch_size": eval_batch_size, "entries": []}
     plans = plan(entries, budget_s, n_examples, device, list(overrides or []), eval_batch_size)
     manifest["sizing_s"] = round(time.time() - t0, 1)
-    bar = tqdm(total=len(entries) * 3, desc="zoo build", unit="stage", disable=not progress)
+    bar = tqdm(total=len(entries) * 3, desc="zoo build", unit="stage", disable=None if progress else True)
     slow = {"train": 1.0, "eval": 1.0}  # how much slower than estimated the finished entries ran
     for k, p in enumerate(plans):
         entry = p.entry

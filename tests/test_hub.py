@@ -233,3 +233,16 @@ def test_cards_numbers_come_from_eval_json(tiny_runs, tmp_path):
         assert numbers, "the card shows measured numbers"
         assert set(numbers) <= allowed, set(numbers) - allowed
     assert zoo_card([]).count("No models yet") == 1
+
+
+def test_card_is_a_valid_hub_card_with_pipeline_tag_and_the_repo_id(tiny_runs):
+    from huggingface_hub import ModelCard
+
+    from againzoo.hub import push
+
+    plan = push(tiny_runs["again"], "me/again-digits", dry_run=True)
+    card = ModelCard(plan["card"])
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "againzoo"
+    results = card.data.eval_results
+    assert results and all(r.metric_type == "accuracy" and r.metric_args["norm"] == "Linf" for r in results)
+    assert 'from_pretrained("me/again-digits")' in plan["card"]

@@ -1,8 +1,9 @@
 """Shared plumbing of the CIFAR backbones: timm-style config, in-model normalisation, head.
 
-Every backbone takes float images in [0, 1] and normalises them itself with the ``mean``/``std``
-of its ``pretrained_cfg`` (persistent buffers, so a checkpoint carries its normalisation), which is
-what adversarial attacks need: the threat model lives in pixel space.
+Every backbone takes float images in [0, 1] and normalises them itself (persistent buffers, so a
+checkpoint carries its normalisation), which is what adversarial attacks need: the threat model
+lives in pixel space. Its ``pretrained_cfg`` therefore advertises identity ``mean``/``std`` to timm's
+data pipeline and keeps the statistics in ``model_mean``/``model_std`` (one normalisation, not two).
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ def cifar_cfg(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def model_stats(cfg: dict[str, Any], channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation a model applies inside: ``model_mean``/``model_std``, or, in configs
+    written before that split, ``mean``/``std``."""
+    mean = cfg.get("model_mean", cfg.get("mean", (0.0,) * channels))
+    std = cfg.get("model_std", cfg.get("std", (1.0,) * channels))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def inside_normalized(cfg: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """The ``pretrained_cfg`` a model that normalises inside shows to timm's data pipeline: identity
+    ``mean``/``std`` (so ``resolve_data_config`` + ``create_transform`` feed [0, 1] images, not
+    normalised ones twice), the statistics it applies in ``model_mean``/``model_std``."""
+    n = len(mean)
+    return dict(cfg, mean=(0.0,) * n, std=(1.0,) * n, model_mean=tuple(mean), model_std=tuple(std),
+                normalize_in_model=True)
+
+
 def resolve_cfg(default: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Merge timm's ``pretrained_cfg`` / ``pretrained_cfg_overlay`` factory arguments."""
     cfg = dict(default)
@@ -67,12 +85,14 @@ class CifarClassifier(nn.Module):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = num_features
         self.drop_rate = drop_rate
-        # normalize_in_model: mean/std are applied inside forward(); feed images in [0, 1]
-        cfg = dict(cfg, num_classes=num_classes, input_size=(in_chans,) + tuple(cfg["input_size"][1:]),
-                   normalize_in_model=True)
+        # the statistics are applied inside forward() (feed images in [0, 1]); the cfg timm's data
+        # pipeline reads says identity (see inside_normalized)
+        mean, std = model_stats(cfg, in_chans)
+        cfg = inside_normalized(dict(cfg, num_classes=num_classes,
+                                     input_size=(in_chans,) + tuple(cfg["input_size"][1:])), mean, std)
         self.pretrained_cfg = self.default_cfg = cfg
-        self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.global_pool = "avg"
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -263,7 +263,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     }
     eps = recipe.attack.eps
     published = ema.module if ema is not None else model
-    bar = tqdm(total=total, initial=counters["step"], disable=not progress, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total, initial=counters["step"], disable=None if progress else True, unit="step", dynamic_ncols=True,
                desc=recipe.name)
     for epoch in range(counters["epoch"], recipe.epochs):
         model.train()
