@@ -16,7 +16,7 @@ import typer
 from . import __version__
 from .errors import ConfigError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="AGAIN adversarial training, robustness evaluation and the againzoo model zoo.")
 
 

@@ -41,3 +41,8 @@ def test_progress_bars_stay_off_in_non_tty_logs(tmp_path):
         subprocess.run(cmd, check=True, stdout=log, stderr=log, timeout=300)
     text = (tmp_path / "log.txt").read_text()
     assert "\r" not in text and "run dir:" in text
+
+
+def test_shell_completion_is_offered():
+    out = CliRunner().invoke(app, ["--help"]).output
+    assert "--install-completion" in out and "--show-completion" in out
