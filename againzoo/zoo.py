@@ -118,8 +118,6 @@ def plan(entries: list[ZooEntry], seconds: float | None, n_eval: int, device: st
         plans.append(Plan(entry, recipe, recipe.epochs, recipe.epochs, overrides=[*entry.overrides, *overrides]))
     if seconds is None:
         return plans
-    from .factory import build_model  # noqa: F401  (the model factory registers the architectures)
-
     for p in plans:
         r = p.recipe
         p.images_per_s, p.eval_passes_per_s = _measure(r, device, eval_batch)
