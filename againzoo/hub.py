@@ -175,32 +175,32 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def download(repo_id: str, revision: str | None = None, filenames: tuple[str, ...] = HUB_FILES) -> Path:
+def download(repo_id: str, revision: str | None = None, filenames: tuple[str, ...] = HUB_FILES, *,
+             cache_dir: str | Path | None = None, token: str | bool | None = None,
+             local_files_only: bool | None = None, force_download: bool = False) -> Path:
     """Fetch ``filenames`` of a Hub repo (or find them in the cache) and return the snapshot folder.
 
-    Honours ``HF_HUB_OFFLINE``, ``HF_HOME``/``HF_HUB_CACHE`` and the usual token locations.
+    One ``snapshot_download`` with ``allow_patterns``; honours ``HF_HUB_OFFLINE`` (unless
+    ``local_files_only`` says otherwise), ``HF_HOME``/``HF_HUB_CACHE`` (unless ``cache_dir``) and
+    the usual token locations (unless ``token``).
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    folder: Path | None = None
-    for name in filenames:
-        try:
-            path = hf_hub_download(repo_id, name, revision=revision, cache_dir=_cache_dir(),
-                                   local_files_only=_offline(), library_name="againzoo", library_version=__version__)
-        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError in recent huggingface_hub)
-            if name not in (CONFIG, WEIGHTS):
-                continue
-            raise CheckpointError(f"{name} of {repo_id} is not in the Hugging Face cache ({_cache_dir() or 'default'})"
-                                  f" and downloading is {'disabled (HF_HUB_OFFLINE=1)' if _offline() else 'not possible'}") from None
-        except EntryNotFoundError:
-            if name in (CONFIG, WEIGHTS):
-                raise CheckpointError(f"Hub repo {repo_id} has no {name}") from None
-            continue
-        except network_errors() as e:
-            raise CheckpointError(f"could not fetch {name} from Hub repo {repo_id!r}: {one_line(e)}") from None
-        folder = Path(path).parent
-    assert folder is not None
+    offline = _offline() if local_files_only is None else local_files_only
+    cache = str(cache_dir) if cache_dir is not None else _cache_dir()
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(filenames), cache_dir=cache,
+                                        local_files_only=offline, token=token, force_download=force_download,
+                                        library_name="againzoo", library_version=__version__))
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{repo_id} is not in the Hugging Face cache ({cache or 'default'}) and downloading "
+                              f"is {'disabled (HF_HUB_OFFLINE=1 or local_files_only)' if offline else 'not possible'}") from None
+    except network_errors() as e:
+        raise CheckpointError(f"could not fetch Hub repo {repo_id!r}: {one_line(e)}") from None
+    missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"Hub repo {repo_id} has no {', '.join(missing)}")
     return folder
 
 
@@ -213,7 +213,9 @@ def sha256_of(path: str | Path) -> str:
 
 
 def from_pretrained(source: str | Path, revision: str | None = None, num_classes: int | None = None,
-                    device: str | torch.device = "cpu", return_dir: bool = False, sha256: str | None = None,
+                    device: str | torch.device = "cpu", return_dir: bool = False, sha256: str | None = None, *,
+                    cache_dir: str | Path | None = None, token: str | bool | None = None,
+                    local_files_only: bool | None = None, force_download: bool = False,
                     **again: Any) -> nn.Module | tuple[nn.Module, Path]:
     """Load a zoo model (eval mode) from a local directory, a Hub repo id, or ``hf-hub:<timm id>``.
 
@@ -223,6 +225,8 @@ def from_pretrained(source: str | Path, revision: str | None = None, num_classes
       the AGAIN options ``again`` (its ASE head starts untrained).
 
     ``sha256`` pins the expected digest of ``model.safetensors``; a mismatch is an error.
+    ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` mean what they mean in
+    huggingface_hub (for Hub repo ids).
     """
     source = str(source)
     if source.startswith("hf-hub:"):
@@ -239,7 +243,8 @@ def from_pretrained(source: str | Path, revision: str | None = None, num_classes
     if not directory.is_dir():
         if source.count("/") != 1 or source.startswith((".", "/")):
             raise CheckpointError(f"{source} is neither a checkpoint directory nor a Hub repo id (org/name)")
-        directory = download(source, revision)
+        directory = download(source, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                             force_download=force_download)
     if sha256 is not None:
         digest = sha256_of(directory / WEIGHTS)
         if digest != sha256:

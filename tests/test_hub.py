@@ -246,3 +246,31 @@ def test_card_is_a_valid_hub_card_with_pipeline_tag_and_the_repo_id(tiny_runs):
     results = card.data.eval_results
     assert results and all(r.metric_type == "accuracy" and r.metric_args["norm"] == "Linf" for r in results)
     assert 'from_pretrained("me/again-digits")' in plan["card"]
+
+
+def test_from_pretrained_takes_huggingface_hub_arguments(saved, tmp_path, monkeypatch):
+    """cache_dir / local_files_only / token / force_download / revision reach snapshot_download."""
+    import huggingface_hub
+
+    from againzoo.hub import from_pretrained
+
+    m, d = saved
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    populate_cache(tmp_path / "elsewhere", "zoo/again-tiny", d)
+    x = torch.rand(2, 3, 32, 32)
+    got = from_pretrained("zoo/again-tiny", cache_dir=tmp_path / "elsewhere" / "hub", local_files_only=True)
+    assert torch.allclose(got(x), m(x), atol=1e-6)
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+        from_pretrained("zoo/again-tiny", local_files_only=True)  # the default cache has nothing
+    seen = {}
+    real = huggingface_hub.snapshot_download
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **{**kw, "token": None, "force_download": False})
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    from_pretrained("zoo/again-tiny", cache_dir=tmp_path / "elsewhere" / "hub", local_files_only=True,
+                    token="hf_x", force_download=True)
+    assert seen["token"] == "hf_x" and seen["force_download"] is True and "model.safetensors" in seen["allow_patterns"]
