@@ -62,11 +62,13 @@ def model_config(model: nn.Module, label_names: list[str] | None = None,
 
 def save_pretrained(model: nn.Module, directory: str | Path, config: dict[str, Any] | None = None,
                     label_names: list[str] | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
+    """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically, the weights
+    first: ``config.json`` marks a complete checkpoint, so a kill between the two writes never
+    leaves a config without its weights (at worst new weights beside the previous epoch's config)."""
     directory = Path(directory)
     config = config or model_config(model, label_names)
-    atomic_write_json(directory / CONFIG, config)
     save_tensors(directory / WEIGHTS, model.state_dict(), metadata={"format": "pt", "againzoo_version": __version__})
+    atomic_write_json(directory / CONFIG, config)
     return directory
 
 
