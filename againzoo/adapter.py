@@ -200,10 +200,13 @@ class AgainModel(nn.Module):
                 raise ShapeError(f"expected float images in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
                                  "(divide uint8 pixels by 255; the model normalises inside)")
 
-    def check_targets(self, x: torch.Tensor, targets: torch.Tensor) -> None:
-        """Raise :class:`ShapeError` unless ``targets`` are (N,) integer labels in [0, num_classes)."""
+    def check_targets(self, x: torch.Tensor, targets: torch.Tensor, values: bool = True) -> None:
+        """Raise :class:`ShapeError` unless ``targets`` are (N,) integer labels in [0, num_classes)
+        (``values=False``: the shape only, no host sync)."""
         if targets.shape != (x.shape[0],):
             raise ShapeError(f"expected targets of shape ({x.shape[0]},), got {tuple(targets.shape)}")
+        if not values:
+            return
         if targets.dtype.is_floating_point or targets.dtype == torch.bool:
             raise ShapeError(f"expected integer class labels, got dtype {targets.dtype}")
         lo, hi = torch.aminmax(targets)
@@ -228,10 +231,8 @@ class AgainModel(nn.Module):
         if self.training and x.shape[0] == 1 and self._has_batchnorm:
             raise ShapeError("a train-mode batch needs at least 2 images (BatchNorm); call model.eval() "
                              "to classify one image")
-        if targets is not None and self.training:
-            self.check_targets(x, targets)
-        elif targets is not None and targets.shape != (x.shape[0],):
-            raise ShapeError(f"expected targets of shape ({x.shape[0]},), got {tuple(targets.shape)}")
+        if targets is not None:  # the labels index the ASE weights in training: check their values there
+            self.check_targets(x, targets, values=self.training)
         if self.normalize_input:
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         self._call = {"targets": targets if self.training else None, "again": again}
