@@ -89,10 +89,12 @@ def train(
 ) -> None:
     """Train a recipe; writes a run directory (checkpoints, metrics.jsonl, curves.png)."""
     from .training import train as train_fn
+    from .training.distributed import env_from_launcher
 
     _cpu_job(device)
     run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=not quiet)
-    typer.echo(f"run dir: {run_dir}")
+    if env_from_launcher().is_main:
+        typer.echo(f"run dir: {run_dir}")
 
 
 @app.command("eval")

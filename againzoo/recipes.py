@@ -182,6 +182,7 @@ class Recipe(Section):
     batch_size: int = Field(128, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Optional[bool] = None  # None: on CUDA
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
     seed: int = 0
     eval: EvalSection = EvalSection()
     output_dir: str = "runs"

@@ -1,6 +1,7 @@
 """The benchmarks run at a tiny size so they cannot rot (speed itself is not asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,18 @@ def test_train_throughput_benchmark_runs(tmp_path):
     assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in data["results"])
     assert "AGAIN overhead" in stdout and "EMA overhead" in stdout
     assert data["ema_overhead"] == data["results"][1]["images_per_s"] / data["results"][2]["images_per_s"] - 1
+    # the same benchmark data-parallel under torchrun (2 gloo ranks), against the one-process JSON
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           str(ROOT / "benchmarks" / "train_throughput.py"), "--batch", "8", "--steps", "1", "--warmup", "0",
+           "--attack-steps", "2", "--json", str(tmp_path / "ddp.json"), "--single", str(tmp_path / "train.json")]
+    env = {**os.environ, "AGAINZOO_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp.json").read_text())["results"]
+    assert all(r["world_size"] == 2 and r["total_images_per_s"] > r["images_per_s"] > 0 for r in ddp)
+    assert all(r["scaling_efficiency"] == pytest.approx(
+        r["total_images_per_s"] / (2 * s["images_per_s"])) for r, s in zip(ddp, data["results"]))
+    assert res.stdout.count("total img/s") == 1  # rank 0 prints the table
 
 
 def test_eval_throughput_benchmark_runs(tmp_path):

@@ -9,6 +9,8 @@ Documented substitutions (the only ones), for CI's 2 cores and no network:
   :data:`TINY_TRAIN` appended (the digits dataset, width 4, one epoch, one-step attacks);
   ``againzoo eval`` and ``zoo build`` get ``-n 8 --aa-budget 2,2,5``; ``evaluate(...)`` gets
   :data:`TINY_EVAL`;
+* ``torchrun ... againzoo train`` runs through ``python -m torch.distributed.run`` with the same tiny
+  overrides and one CPU thread per process;
 * optional arguments written in brackets (``[--private]``) are dropped;
 * ``cat.png``, ``ship.png``, ``ship.jpg`` and ``batch.npy`` are made from digits test images, and
   ``predict.py`` / ``from predict import`` resolve to ``export/`` (the serving machine's copy);
@@ -116,6 +118,17 @@ def _run_python_cli(argv: list[str], repo: Path, where: str) -> None:
     assert res.returncode == 0, (where, argv, res.stderr[-2000:])
 
 
+def _run_torchrun(argv: list[str], repo: Path, where: str) -> None:
+    if "train" in argv and "--resume" not in argv:
+        argv = argv + [x for o in TINY_TRAIN for x in ("--set", o)]
+    bindir = str(Path(sys.executable).parent)  # where the againzoo console script is
+    env = {**os.environ, "AGAINZOO_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (where, argv, res.stderr[-2000:])
+
+
 def _run_python(code: str, ns: dict, where: str) -> None:
     code = code.replace('suite="full", eps=8/255)', f'suite="full", eps=8/255{TINY_EVAL})')
     tree = ast.parse(code)
@@ -153,6 +166,8 @@ def test_every_readme_block_runs(repo, monkeypatch):
                 _run_againzoo(argv[1:], marker, where)
             elif argv[0] in ("python", "python3"):
                 _run_python_cli(argv, repo, where)
+            elif argv[0] == "torchrun":
+                _run_torchrun(argv, repo, where)
             else:
                 pytest.fail(f"{where}: no rule to run {argv[0]!r}: {shlex.join(argv)}")
             ran += 1
@@ -160,5 +175,5 @@ def test_every_readme_block_runs(repo, monkeypatch):
     # what the examples produced, where the README says they would be
     for path in ("runs/quickstart/best/model.safetensors", "runs/cifar10_resnet18_again_pgd_at/best/eval.json",
                  "runs/cifar10_resnet18_again_awp/state/state.safetensors", "model.onnx", "MODEL_CARD.md",
-                 "analysis/asc.png", "my_ckpt/model.safetensors"):
+                 "analysis/asc.png", "my_ckpt/model.safetensors", "runs/ddp/quickstart/model.safetensors"):
         assert (repo / path).exists(), path

@@ -3,6 +3,8 @@
 Used by ``benchmarks/train_throughput.py`` and by ``againzoo zoo build`` to size its work to a time
 budget. Every batch takes the AGAIN path when the recipe enables AGAIN (the cost once the
 AGAIN probability has ramped up), with the recipe's method, attack, batch, precision and EMA.
+Under ``torchrun`` it times the data-parallel step (the recipe's ``batch_size`` split across the
+ranks, gradients all-reduced by DDP) and reports this rank's and the job's images/s.
 """
 
 from __future__ import annotations
@@ -14,15 +16,29 @@ from typing import Any
 
 import torch
 
+from ..adapter import AgainModel
 from ..recipes import Recipe
+from . import distributed as dist_mod
 from .methods import METHODS, StepContext
 from .trainer import device_setup, make_ema, make_model, make_optimizer, resolve_device, train_step
 
 
 def measure(recipe: Recipe, device: str | torch.device | None = None, input_size: tuple[int, int, int] = (3, 32, 32),
             num_classes: int = 10, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Time ``steps`` training steps after ``warmup`` ones; returns images/s, step time, peak memory."""
-    dev = resolve_device(str(device) if device is not None else None)
+    """Time ``steps`` training steps after ``warmup`` ones; returns images/s (this process's and, under
+    torchrun, the job's total), step time, peak memory."""
+    env = dist_mod.env_from_launcher()
+    dev = resolve_device(dist_mod.local_device(env, str(device) if device is not None else None))
+    created = dist_mod.init(env, dev)
+    try:
+        return _measure(recipe, dev, env, input_size, num_classes, steps, warmup)
+    finally:
+        dist_mod.shutdown(created)
+
+
+def _measure(recipe: Recipe, dev: torch.device, env: dist_mod.DistEnv, input_size: tuple[int, int, int],
+             num_classes: int, steps: int, warmup: int) -> dict[str, Any]:
+    batch = dist_mod.local_batch_size(recipe.batch_size, env)
     torch.manual_seed(0)
     model_args = {**recipe.model.kwargs, "pretrained_cfg_overlay": {"input_size": input_size}}
     model = make_model(recipe, num_classes, model_args).to(dev)
@@ -31,8 +47,9 @@ def measure(recipe: Recipe, device: str | torch.device | None = None, input_size
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(recipe, model, dev)
     ema = make_ema(recipe, model)
-    x = torch.rand(recipe.batch_size, *input_size, device=dev)
-    y = torch.randint(0, num_classes, (recipe.batch_size,), device=dev)
+    ddp = dist_mod.wrap(model, dev, find_unused=isinstance(model, AgainModel)) if env.distributed else None
+    x = torch.rand(batch, *input_size, device=dev)
+    y = torch.randint(0, num_classes, (batch,), device=dev)
     if setup.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     method = METHODS[recipe.method.name]
@@ -41,18 +58,23 @@ def measure(recipe: Recipe, device: str | torch.device | None = None, input_size
                       recipe.method.label_smoothing)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for i in range(warmup):
-        train_step(ctx, method, opt, x, y, ema=ema, step=i + 1)
+        train_step(ctx, method, opt, x, y, ema=ema, step=i + 1, ddp=ddp)
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if env.distributed:
+        torch.distributed.barrier()
     t0 = time.perf_counter()
     for i in range(steps):
-        train_step(ctx, method, opt, x, y, ema=ema, step=warmup + i + 1)
+        train_step(ctx, method, opt, x, y, ema=ema, step=warmup + i + 1, ddp=ddp)
     sync()
     dt = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"images_per_s": recipe.batch_size * steps / dt, "step_s": dt / steps, "peak_memory_mb": peak / 2**20,
+    rate = batch * steps / dt
+    total = dist_mod.all_reduce_sum([rate], dev)[0]
+    return {"images_per_s": rate, "total_images_per_s": total, "world_size": env.world_size,
+            "step_s": dt / steps, "peak_memory_mb": peak / 2**20,
             "memory_kind": "cuda max_allocated" if dev.type == "cuda" else "process max RSS",
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "precision": setup.precision}

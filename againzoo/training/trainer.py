@@ -9,6 +9,10 @@ test set and on a training subset (for the generalisation gaps of Fig. 3), then 
 ``metrics.jsonl``, ``best/``, the last checkpoint, ``state/`` and ``curves.png``. With EMA on,
 monitoring, selection and the saved weights are the average's; the raw weights' monitoring goes
 to the ``raw_*`` columns.
+
+Under ``torchrun`` the same loop runs data-parallel (:mod:`againzoo.training.distributed`):
+``batch_size`` is the global batch, the loss is one DDP forward per step, monitoring is sharded
+across the ranks and all-reduced, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_ST
 from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
 from ..recipes import Recipe
 from .awp import AWP
+from . import distributed as dist_mod
 from .checkpoint import STATE, load_state, save_state
 from .methods import METHODS, Method, StepContext
 from .schedule import lr_factor
@@ -143,7 +148,8 @@ def _plot_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:
         if pts:
             ax1.plot(*zip(*pts), style, label=key.replace("_acc", ""))
     ax1.set(xlabel="epoch", ylabel="accuracy", title="clean / PGD accuracy")
-    ax1.legend(fontsize=8)
+    if ax1.lines:
+        ax1.legend(fontsize=8)
     ax2.plot(ep, [r["train_loss"] for r in rows], "k-")
     ax2.set(xlabel="epoch", ylabel="training loss", title="training loss")
     fig.tight_layout()
@@ -162,9 +168,11 @@ def make_ema(recipe: Recipe, model: torch.nn.Module) -> ModelEmaV3 | None:
 
 def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, awp: AWP | None = None, ema: ModelEmaV3 | None = None,
-               step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               step: int | None = None, ddp: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: craft, (AWP perturb), loss, backward, step, (AWP restore), (EMA
-    update number ``step``, 1-based)."""
+    update number ``step``, 1-based). ``ddp``: the loss runs through this
+    ``DistributedDataParallel(DDPLoss(model))`` (gradients averaged over ranks), and rank 0's
+    buffers are everyone's after the step (so the weight averages stay identical)."""
     model = ctx.model
     x_adv = method.craft(ctx, x, y)
     diff = awp.perturbation(ctx, method, x, y, x_adv) if awp is not None else None
@@ -172,12 +180,17 @@ def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimize
         awp.apply(diff, +1.0)
     model.train()
     with ctx.autocast():
-        loss, logits = method.loss(ctx, model, x, y, x_adv)
+        if ddp is None:
+            loss, logits = method.loss(ctx, model, x, y, x_adv)
+        else:
+            loss, logits = ddp(lambda m: method.loss(ctx, m, x, y, x_adv))
     optimizer.zero_grad(set_to_none=False)  # see make_optimizer
     loss.backward()
     optimizer.step()
     if diff is not None:
         awp.apply(diff, -1.0)
+    if ddp is not None:
+        dist_mod.broadcast_buffers(model)
     if ema is not None:
         ema.update(model, step=step)
     return loss.detach(), logits.detach()
@@ -197,7 +210,9 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         recipe = recipes_mod.load(recipe, overrides)
     if data_dir is not None:
         recipe.data.data_dir = data_dir
-    dev = resolve_device(device)
+    env = dist_mod.env_from_launcher()
+    dist_mod.local_batch_size(recipe.batch_size, env)
+    dev = resolve_device(dist_mod.local_device(env, device))
     if resume is None:
         run_dir = Path(recipe.output_dir) / recipe.name
         if (run_dir / STATE).exists() or (run_dir / "metrics.jsonl").exists():
@@ -213,44 +228,68 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     except DataError:
         test_ds = None
     num_classes = NUM_CLASSES[d.dataset]
+    if env.distributed and len(train_ds) < recipe.batch_size:
+        raise ConfigError(f"{len(train_ds)} training images make no full global batch of {recipe.batch_size} "
+                          f"(data-parallel runs drop the last partial batch)")
 
-    torch.manual_seed(recipe.seed)
+    created_group = dist_mod.init(env, dev)  # after every rank has its data: a missing file fails everywhere first
+    try:
+        return _train(recipe, resume, run_dir, dev, env, full, train_ds, val_ds, test_ds, progress)
+    finally:
+        dist_mod.shutdown(created_group)
+
+
+def _prepare(recipe: Recipe, num_classes: int, model_args: dict[str, Any], dev: torch.device, env: dist_mod.DistEnv,
+             setup: DeviceSetup) -> torch.nn.Module:
+    """A model on its device, in its memory format, with synchronised BN when the recipe asks."""
+    model = make_model(recipe, num_classes, model_args)
+    if recipe.sync_bn and env.distributed:
+        model = dist_mod.convert_sync_batchnorm(model, dev)
+    model = model.to(dev)
+    return model.to(memory_format=torch.channels_last) if setup.channels_last else model
+
+
+def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.device, env: dist_mod.DistEnv,
+           full: ArrayDataset, train_ds: ArrayDataset, val_ds: ArrayDataset | None, test_ds: ArrayDataset | None,
+           progress: bool) -> Path:
+    d = recipe.data
+    num_classes = NUM_CLASSES[d.dataset]
+    torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     model_args = _model_args(recipe, train_ds)
-    model = make_model(recipe, num_classes, model_args).to(dev)
     setup = device_setup(recipe, dev)
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _prepare(recipe, num_classes, model_args, dev, env, setup)
     optimizer = make_optimizer(recipe, model, dev)
     loader = TensorLoader(train_ds.x, train_ds.y, recipe.batch_size, dev, shuffle=True, augment=d.augment,
                           drop_last=len(train_ds) >= 2 * recipe.batch_size, seed=recipe.seed,
-                          channels_last=setup.channels_last)
+                          channels_last=setup.channels_last, rank=env.rank, world_size=env.world_size)
     method = METHODS[recipe.method.name]
     awp_cfg = recipe.method.awp
     awp = None
     if awp_cfg is not None:
-        proxy = make_model(recipe, num_classes, model_args).to(dev)
-        if setup.channels_last:
-            proxy = proxy.to(memory_format=torch.channels_last)
-        awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr)
+        proxy = _prepare(recipe, num_classes, model_args, dev, env, setup)
+        awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr, distributed=env.distributed)
     ema = make_ema(recipe, model)
-    rng = random.Random(recipe.seed)
+    rng = random.Random(recipe.seed)  # the AGAIN draws: the same on every rank
     again_on = isinstance(model, AgainModel)
+    ddp = dist_mod.wrap(model, dev, find_unused=again_on) if env.distributed else None
     label_names = list(full.classes)
     weights = ({"kind": "ema", **recipe.ema.model_dump(), "implementation": "timm.utils.ModelEmaV3"}
                if ema is not None else {"kind": "raw"})
     config = model_config(model, label_names, {"recipe": recipe.to_dict(), "training_data": full.describe(),
                                                "weights": weights})
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = env.is_main  # rank 0 owns the run directory
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_robust": -1.0, "best_epoch": None}
     if resume is not None:
         if (run_dir / STATE).exists():
             counters, loader_state = load_state(run_dir, model, optimizer, rng, dev, ema)
             loader.load_state_dict(loader_state)
-        # drop lines of epochs that will be re-run (written after the last saved state)
-        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < counters["epoch"]]
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-    else:
+        if main:  # drop lines of epochs that will be re-run (written after the last saved state)
+            kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < counters["epoch"]]
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    elif main:
         atomic_write_text(run_dir / "recipe.yaml", recipes_mod.dump(recipe))
         (run_dir / "metrics.jsonl").touch()
 
@@ -263,9 +302,11 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     }
     eps = recipe.attack.eps
     published = ema.module if ema is not None else model
-    bar = tqdm(total=total, initial=counters["step"], disable=None if progress else True, unit="step", dynamic_ncols=True,
-               desc=recipe.name)
+    bar = tqdm(total=total, initial=counters["step"], disable=None if progress and main else True, unit="step",
+               dynamic_ncols=True, desc=recipe.name)
     for epoch in range(counters["epoch"], recipe.epochs):
+        if env.distributed:
+            torch.manual_seed(dist_mod.rank_seed(recipe.seed, env, epoch))
         model.train()
         p_again = recipe.model.again.schedule.probability(epoch, recipe.epochs) if again_on else 0.0
         use_awp = awp is not None and epoch >= awp_cfg.warmup_epochs
@@ -281,41 +322,64 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
             ctx = StepContext(model, recipe.attack, again, recipe.model.again.aux_weight,
                               recipe.method.beta if recipe.method.beta is not None else method.default_beta, setup.autocast,
                               recipe.method.label_smoothing)
-            loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1)
+            loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1, ddp)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             window_n += len(y)
             counters["step"] = step + 1
             bar.update(1)
-            if (i + 1) % recipe.log_every == 0 or i + 1 == steps_per_epoch:
+            if main and ((i + 1) % recipe.log_every == 0 or i + 1 == steps_per_epoch):
                 now = time.time()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss_sum) / seen:.3f}",
-                                acc=f"{float(correct) / seen:.3f}", img_s=f"{window_n / max(now - window_t, 1e-9):.0f}")
+                                acc=f"{float(correct) / seen:.3f}",
+                                img_s=f"{env.world_size * window_n / max(now - window_t, 1e-9):.0f}")
                 window_t, window_n = now, 0
         train_time = time.time() - t0
+        loss_total, correct_total, seen = dist_mod.all_reduce_sum([float(loss_sum), float(correct), seen], dev)
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "p_again": round(p_again, 4),
-                               "again_batches": again_batches, "train_loss": float(loss_sum) / max(1, seen),
-                               "train_adv_acc": float(correct) / max(1, seen), "train_time_s": round(train_time, 3),
+                               "again_batches": again_batches, "train_loss": loss_total / max(1, seen),
+                               "train_adv_acc": correct_total / max(1, seen), "train_time_s": round(train_time, 3),
                                "images_per_s": round(seen / max(train_time, 1e-9), 1)}
+        if env.distributed:
+            row["world_size"] = env.world_size
         if (epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.epochs:
-            # the published weights (the average when EMA is on) get the plain column names
-            nets = [("", published)] + ([("raw_", model)] if ema is not None else [])
-            for prefix, net in nets:
-                for split, data in monitor.items():
-                    if data is None:
-                        continue
-                    row[f"{prefix}{split}_clean_acc"] = accuracy(net, *data)
-                    row[f"{prefix}{split}_robust_acc"] = accuracy(net, *data, eps=eps, steps=recipe.eval.attack_steps,
-                                                                  seed=epoch)
-        append_jsonl(run_dir / "metrics.jsonl", row)
+            row.update(_monitor(published, model if ema is not None else None, monitor, eps, recipe.eval.attack_steps,
+                                epoch, env, dev))
         val_r = row.get("val_robust_acc")
-        if val_r is not None and val_r > counters["best_val_robust"]:
+        best = val_r is not None and val_r > counters["best_val_robust"]
+        if best:
             counters.update(best_val_robust=val_r, best_epoch=epoch)
-            save_pretrained(published, run_dir / "best", {**config, "epoch": epoch, "selected_by": "val_robust_acc"})
-        save_pretrained(published, run_dir, {**config, "epoch": epoch})
         counters["epoch"] = epoch + 1
-        save_state(run_dir, model, optimizer, rng, loader.state_dict(), counters, ema)
-        _plot_curves(run_dir, read_jsonl(run_dir / "metrics.jsonl"))
+        if main:
+            append_jsonl(run_dir / "metrics.jsonl", row)
+            if best:
+                save_pretrained(published, run_dir / "best", {**config, "epoch": epoch, "selected_by": "val_robust_acc"})
+            save_pretrained(published, run_dir, {**config, "epoch": epoch})
+            save_state(run_dir, model, optimizer, rng, loader.state_dict(), counters, ema)
+            _plot_curves(run_dir, read_jsonl(run_dir / "metrics.jsonl"))
     bar.close()
     return run_dir
+
+
+def _monitor(published: torch.nn.Module, raw: torch.nn.Module | None,
+             monitor: dict[str, tuple[torch.Tensor, torch.Tensor] | None], eps: float, steps: int, epoch: int,
+             env: dist_mod.DistEnv, dev: torch.device) -> dict[str, float]:
+    """Clean and PGD accuracy on the monitoring sets, the published weights under the plain column
+    names (``raw_*``: the raw weights when EMA is on). Each rank measures every
+    ``world_size``-th image and the counts are summed, so every rank gets the same numbers."""
+    names, counts = [], []
+    for prefix, net in [("", published)] + ([("raw_", raw)] if raw is not None else []):
+        for split, data in monitor.items():
+            if data is None:
+                continue
+            x, y = data[0][env.rank::env.world_size], data[1][env.rank::env.world_size]
+            names += [f"{prefix}{split}_clean_acc", f"{prefix}{split}_robust_acc", f"{prefix}{split}_n"]
+            counts += [accuracy(net, x, y) * len(y), accuracy(net, x, y, eps=eps, steps=steps, seed=epoch) * len(y),
+                       len(y)]
+    counts = dist_mod.all_reduce_sum(counts, dev)
+    out = {}
+    for i in range(0, len(names), 3):
+        out[names[i]] = counts[i] / max(1.0, counts[i + 2])
+        out[names[i + 1]] = counts[i + 1] / max(1.0, counts[i + 2])
+    return out
