@@ -27,7 +27,7 @@ from torch import nn
 from .ase import GATES, AttributionSpanEnlargement
 from .errors import ConfigError, ShapeError, UsageError
 from .hff import LAYOUTS, HybridFeatureFusion
-from .models._base import inside_normalized, model_stats
+from .models._base import input_stats, inside_normalized, model_stats
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -114,6 +114,7 @@ class AgainModel(nn.Module):
         self.hff = HybridFeatureFusion(layout=self.layout, per_sample=per_sample_gammas)
         self.ase = AttributionSpanEnlargement(self.num_features, self.num_classes, alpha, self.layout)
 
+        self._cfg: dict[str, Any] | None = None  # set by timm's builder for the again_* entries
         self._call: dict[str, Any] = {}
         self._aux: torch.Tensor | None = None
         self.gate = "hard"
@@ -269,11 +270,24 @@ class AgainModel(nn.Module):
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        """The backbone's cfg as timm's data pipeline must see it: this model normalises inside."""
+        """The cfg timm's data pipeline reads: this model normalises inside, so identity mean/std (the
+        again_* entries' own cfg, else the backbone's, re-stated when this wrapper normalises)."""
+        if self._cfg is not None:
+            return self._cfg
         cfg = backbone_cfg(self.backbone)
         if not self.normalize_input:
             return cfg  # the backbone normalises itself and says so already
         return inside_normalized(cfg, *model_stats(cfg, self.in_chans))
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
+        self._cfg = dict(cfg)
+
+    def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean/std applied to [0, 1] inputs inside the model."""
+        if self.normalize_input:
+            return tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+        return input_stats(self.backbone)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer!r}, num_features={self.num_features}, aux_weight={self.aux_weight}"

@@ -21,7 +21,8 @@ from torch import nn
 from . import __version__
 from .adapter import AgainModel
 from .errors import CheckpointError, HubError
-from .factory import Normalized, build_model
+from .factory import AGAIN_KWARGS, ZOO, Normalized, build_model
+from .models._base import input_stats
 from .io import atomic_write_json, load_tensors, save_tensors
 
 WEIGHTS = "model.safetensors"
@@ -33,29 +34,69 @@ def _backbone(model: nn.Module) -> nn.Module:
     return model.backbone if isinstance(model, (AgainModel, Normalized)) else model
 
 
+TIMM_CFG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "first_conv", "classifier",
+                 "license")
+MODEL_ARGS_DROPPED = ("num_classes", "pretrained_cfg", "cache_dir", "pretrained_model_args", "features_only")
+
+
+def _zoo_name(backbone_arch: str) -> str | None:
+    return next((name for name, arch in ZOO.items() if arch == backbone_arch), None)
+
+
 def model_config(model: nn.Module, label_names: list[str] | None = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``config.json`` of a model built by :func:`againzoo.factory.build_model`."""
+    """The ``config.json`` of a model built by :func:`againzoo.factory.build_model`, in the shape of
+    timm's ``save_for_hf`` (``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
+    ``label_names``, ``model_args``, ``pretrained_cfg``) so that ``timm.create_model('local-dir:...')``
+    and ``'hf-hub:...'`` rebuild it, plus againzoo's ``again``, ``backbone`` and ``normalization``.
+
+    An AGAIN model around a zoo backbone is the timm entry ``again_<name>`` (its ``model_args``
+    carry the AGAIN options); every model's ``pretrained_cfg`` says identity mean/std (the model
+    normalises inside); the statistics it applies are ``normalization`` (and, for the CIFAR
+    backbones, the model arguments ``norm_mean``/``norm_std``)."""
     backbone = _backbone(model)
-    # the model's public cfg: identity mean/std for timm's data pipeline, statistics in model_mean/std
-    cfg = dict(getattr(model, "pretrained_cfg", None) or getattr(backbone, "pretrained_cfg", {}) or {})
-    arch = cfg.get("architecture") or type(backbone).__name__
-    args = {k: v for k, v in getattr(backbone, "_model_args", {}).items()
-            if k not in ("num_classes", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
-    pcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
-            if k in ("input_size", "mean", "std", "model_mean", "model_std", "interpolation", "crop_pct",
-                     "first_conv", "classifier", "normalize_in_model", "license")}
-    if label_names is not None:
-        pcfg["label_names"] = list(label_names)
+    bcfg = dict(getattr(backbone, "pretrained_cfg", None) or {})
+    backbone_arch = bcfg.get("architecture") or type(backbone).__name__
+    args = {k: v for k, v in getattr(backbone, "_model_args", {}).items() if k not in MODEL_ARGS_DROPPED}
+    mean, std = ([float(f"{v:.7g}") for v in stats] for stats in input_stats(model))  # float32 buffers
+    if getattr(backbone, "normalizes_input", False):  # a CIFAR backbone: statistics are its own arguments
+        args.pop("pretrained_cfg_overlay", None)
+        args.update(norm_mean=list(mean), norm_std=list(std))
+    else:  # a timm backbone normalised by its wrapper: the statistics travel as the cfg it is built with
+        overlay = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (args.get("pretrained_cfg_overlay") or {}).items()}
+        args["pretrained_cfg_overlay"] = {**overlay, "mean": list(mean), "std": list(std)}
+    cfg = dict(getattr(model, "pretrained_cfg", None) or bcfg)
+    pcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in TIMM_CFG_KEYS and v is not None}
+    n = len(mean)
+    pcfg.update(mean=[0.0] * n, std=[1.0] * n, num_classes=int(backbone.num_classes))
+    architecture = backbone_arch
+    zoo_name = _zoo_name(backbone_arch) if isinstance(model, AgainModel) else None
+    if zoo_name is not None:
+        architecture = zoo_name
+        args.update(model.again_config())
+        for key in ("first_conv", "classifier"):
+            if isinstance(bcfg.get(key), str) and bcfg[key]:
+                pcfg[key] = f"backbone.{bcfg[key]}"
+        pcfg["classifier"] = [pcfg.get("classifier", "backbone.fc"), "ase.fc"]
+    pool = getattr(backbone, "global_pool", None)
+    pool = getattr(pool, "pool_type", pool)
     out: dict[str, Any] = {
-        "architecture": arch,
+        "architecture": architecture,
         "num_classes": int(backbone.num_classes),
         "num_features": int(getattr(backbone, "num_features", 0)),
+    }
+    if isinstance(pool, str) and pool:
+        out["global_pool"] = pool
+    if label_names is not None:
+        out["label_names"] = list(label_names)
+    out.update({
         "model_args": args,
         "pretrained_cfg": pcfg,
+        "backbone": backbone_arch,
         "again": model.again_config() if isinstance(model, AgainModel) else None,
+        "normalization": {"mean": list(mean), "std": list(std), "inside_model": True},
         "againzoo_version": __version__,
-    }
+    })
     out.update(extra or {})
     return out
 
@@ -73,22 +114,30 @@ def save_pretrained(model: nn.Module, directory: str | Path, config: dict[str, A
 
 
 def model_from_config(config: dict[str, Any], num_classes: int | None = None) -> nn.Module:
-    """Build the (untrained) model described by a ``config.json``."""
+    """Build the (untrained) model described by a ``config.json``: this package's (both shapes, the
+    timm-style one and that of againzoo 0.1, whose ``architecture`` was the backbone's and whose
+    ``pretrained_cfg`` held the statistics) or one written by timm's ``save_for_hf``."""
     if num_classes is not None and num_classes != config["num_classes"]:
         raise CheckpointError(f"num_classes mismatch: the checkpoint has {config['num_classes']} classes, "
                               f"{num_classes} were requested")
-    args = dict(config.get("model_args") or {})
-    pcfg = config.get("pretrained_cfg") or {}
-    if "input_size" in pcfg or "mean" in pcfg:
-        overlay = {k: tuple(pcfg[k]) for k in ("input_size", "mean", "std") if k in pcfg}
-        # the backbone is built with the statistics the model applies inside (timm's own PretrainedCfg
-        # knows no model_mean key); the model then shows identity mean/std again
-        overlay.update({k: tuple(pcfg[f"model_{k}"]) for k in ("mean", "std") if f"model_{k}" in pcfg})
-        args["pretrained_cfg_overlay"] = {**args.get("pretrained_cfg_overlay", {}), **overlay}
+    arch = config["architecture"]
+    args = {k: v for k, v in (config.get("model_args") or {}).items() if k not in MODEL_ARGS_DROPPED}
     again = config.get("again")
-    if again is not None:
-        again = {k: v for k, v in again.items() if k in ("layer", "alpha", "hff", "aux_weight", "layout", "per_sample_gammas")}
-    return build_model(config["architecture"], config["num_classes"], again, **args)
+    if arch in ZOO:  # again_<name>: AGAIN options live in model_args
+        opts = {k: args.pop(k) for k in AGAIN_KWARGS if k in args}
+        again, arch = {**opts, **(again or {})}, ZOO[arch]
+    elif again is not None:
+        again = {k: v for k, v in again.items() if k in AGAIN_KWARGS}
+    # the cfg the backbone is built with: the config's (input size; for againzoo 0.1 and timm-native
+    # checkpoints also the statistics, which the model built here applies inside), then model_args'
+    pcfg = config.get("pretrained_cfg") or {}
+    overlay = {k: (tuple(pcfg[k]) if isinstance(pcfg[k], list) else pcfg[k])
+               for k in ("input_size", "interpolation", "crop_pct", "mean", "std") if k in pcfg}
+    overlay.update({k: tuple(pcfg[f"model_{k}"]) for k in ("mean", "std") if f"model_{k}" in pcfg})
+    overlay.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in (args.get("pretrained_cfg_overlay") or {}).items()})
+    if overlay:
+        args["pretrained_cfg_overlay"] = overlay
+    return build_model(arch, config["num_classes"], again, **args)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -126,8 +175,14 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
         if not isinstance(config.get(key), kind):
             raise CheckpointError(f"{cfg_path}: '{key}' must be a {kind.__name__}, got {config.get(key)!r}")
     model = model_from_config(config, num_classes)
+    if not (directory / WEIGHTS).exists() and (directory / "pytorch_model.bin").exists():
+        raise CheckpointError(f"{directory} has only pytorch_model.bin, a pickle, which againzoo never loads; "
+                              f"save it with safetensors (timm: save_for_hf(..., safe_serialization=True))")
     state, _ = load_tensors(directory / WEIGHTS)
-    load_state(model, state, str(directory / WEIGHTS))
+    if isinstance(model, Normalized) and not any(k.startswith("backbone.") for k in state):
+        load_state(model.backbone, state, str(directory / WEIGHTS))  # a timm-native checkpoint
+    else:
+        load_state(model, state, str(directory / WEIGHTS))
     return model.to(device).eval()
 
 
@@ -223,8 +278,11 @@ def from_pretrained(source: str | Path, revision: str | None = None, num_classes
 
     * a directory with ``config.json`` + ``model.safetensors``: loaded strictly;
     * ``org/name``: the same files from the Hugging Face Hub (or its cache);
-    * ``hf-hub:org/name``: a plain timm model from the Hub, wrapped in :class:`AgainModel` with
-      the AGAIN options ``again`` (its ASE head starts untrained).
+    * ``hf-hub:org/name``: a model through timm's Hub loader: an againzoo checkpoint as it is, a
+      plain timm model wrapped in :class:`AgainModel` with the AGAIN options ``again`` (its ASE
+      head starts untrained);
+    * a directory written by timm's ``save_for_hf`` (a plain timm model): loaded as that model,
+      taking [0, 1] images (its cfg's mean/std applied inside).
 
     ``sha256`` pins the expected digest of ``model.safetensors``; a mismatch is an error.
     ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` mean what they mean in
@@ -239,7 +297,13 @@ def from_pretrained(source: str | Path, revision: str | None = None, num_classes
             backbone = timm.create_model(source, pretrained=True, **kw)
         except Exception as e:  # noqa: BLE001 - timm raises many kinds for a missing repo
             raise CheckpointError(f"could not load timm model {source}: {e}") from None
-        model = AgainModel(backbone, **again).to(device).eval()
+        if isinstance(backbone, AgainModel):  # an againzoo checkpoint on the Hub: already the whole model
+            if again:
+                raise CheckpointError(f"{source} is an AGAIN checkpoint; its options come from its config.json, "
+                                      f"drop {sorted(again)}")
+            model = backbone.to(device).eval()
+        else:
+            model = AgainModel(backbone, **again).to(device).eval()
         return (model, Path(source)) if return_dir else model
     directory = Path(source)
     if not directory.is_dir():

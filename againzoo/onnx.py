@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .models._base import input_stats
 from .adapter import AgainModel
 from .errors import ConfigError
 from .io import writable_dir
@@ -67,9 +68,9 @@ def _metadata(model: nn.Module, config: dict[str, Any] | None, eval_json: dict[s
         "opset": str(opset),
         "input": "float32 images in [0, 1], NCHW, normalisation inside the graph",
         "input_size": json.dumps(list(cfg.get("input_size", []))),
-        "mean": json.dumps(list(cfg.get("model_mean", cfg.get("mean", [])))),  # applied inside the graph
-        "std": json.dumps(list(cfg.get("model_std", cfg.get("std", [])))),
-        "class_names": json.dumps(list(cfg.get("label_names", []))),
+        "mean": json.dumps(list(input_stats(model)[0])),  # applied inside the graph
+        "std": json.dumps(list(input_stats(model)[1])),
+        "class_names": json.dumps(list((config or {}).get("label_names") or cfg.get("label_names", []))),
         "architecture": str((config or {}).get("architecture", cfg.get("architecture", ""))),
         "again": json.dumps(model.again_config() if isinstance(model, AgainModel) else None),
     }

@@ -58,7 +58,7 @@ def test_save_load_round_trip_identical_logits(saved):
     cfg = json.loads((d / "config.json").read_text())
     for key in ("architecture", "num_classes", "num_features", "pretrained_cfg", "again", "againzoo_version"):
         assert key in cfg
-    assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32] and len(cfg["pretrained_cfg"]["label_names"]) == 10
+    assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32] and len(cfg["label_names"]) == 10
     x = torch.rand(3, 3, 16, 16)
     loaded = from_pretrained(d)
     assert not loaded.training and torch.equal(m(x), loaded(x))

@@ -8,9 +8,12 @@ data pipeline and keeps the statistics in ``model_mean``/``model_std`` (one norm
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from timm.layers import create_classifier
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
 from torch import nn
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -20,7 +23,8 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 def cifar_cfg(**overrides: Any) -> dict[str, Any]:
-    """The ``pretrained_cfg`` of a CIFAR backbone (timm keys)."""
+    """The ``pretrained_cfg`` of a CIFAR backbone (timm keys). Its mean/std are the identity: the
+    model normalises inside (``norm_mean``/``norm_std``), timm's data pipeline must not."""
     cfg = {
         "url": "",
         "hf_hub_id": None,
@@ -29,8 +33,8 @@ def cifar_cfg(**overrides: Any) -> dict[str, Any]:
         "pool_size": None,
         "crop_pct": 1.0,
         "interpolation": "bilinear",
-        "mean": CIFAR10_MEAN,
-        "std": CIFAR10_STD,
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
         "first_conv": "stem.conv",
         "classifier": "fc",
         "license": "apache-2.0",
@@ -56,58 +60,156 @@ def inside_normalized(cfg: dict[str, Any], mean: tuple[float, ...], std: tuple[f
                 normalize_in_model=True)
 
 
-def resolve_cfg(default: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Merge timm's ``pretrained_cfg`` / ``pretrained_cfg_overlay`` factory arguments."""
-    cfg = dict(default)
-    given = kwargs.pop("pretrained_cfg", None)
-    if given is not None and not isinstance(given, str):
-        cfg.update(given if isinstance(given, dict) else given.to_dict())
-    cfg.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    kwargs.pop("cache_dir", None)
-    return cfg
+def _is_identity(mean: Any, std: Any) -> bool:
+    return all(float(m) == 0.0 for m in mean) and all(float(s) == 1.0 for s in std)
 
 
-def check_not_pretrained(name: str, pretrained: bool) -> None:
-    if pretrained:
-        raise ValueError(
-            f"timm has no pretrained weights for the CIFAR backbone {name!r}; "
-            f"use againzoo.create_model('again_...', pretrained=True) for the zoo's checkpoints"
-        )
+def stats_to_model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm factory kwargs of a model that normalises inside: dataset statistics given the timm way,
+    as non-identity ``mean``/``std`` in ``pretrained_cfg_overlay`` (or ``model_mean``/``model_std``
+    of againzoo 0.1 configs), become ``norm_mean``/``norm_std`` (unless given) and the cfg keeps the
+    identity: one normalisation, inside the model."""
+    kwargs = dict(kwargs)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    for key in ("model_mean", "model_std", "mean", "std"):
+        value = overlay.pop(key, None)
+        identity = value is not None and all(float(v) == (0.0 if key.endswith("mean") else 1.0) for v in value)
+        if value is not None and not identity:
+            kwargs.setdefault("norm_" + key.rpartition("_")[2], tuple(float(v) for v in value))
+    overlay.pop("normalize_in_model", None)
+    cfg = kwargs.get("pretrained_cfg")
+    if isinstance(cfg, dict):  # a cfg read from a config.json (hf-hub:, local-dir:) of againzoo 0.1
+        kwargs["pretrained_cfg"] = {k: v for k, v in cfg.items() if k not in ("model_mean", "model_std",
+                                                                             "normalize_in_model")}
+    in_chans = int(kwargs.get("in_chans", 3))
+    if "in_chans" in kwargs:
+        overlay["input_size"] = (in_chans,) + tuple(overlay.get("input_size", (3, 32, 32)))[1:]
+    kwargs["pretrained_cfg_overlay"] = dict(overlay, mean=(0.0,) * in_chans, std=(1.0,) * in_chans)
+    return kwargs
+
+
+def build_cifar(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A CIFAR backbone through timm's ``build_model_with_cfg`` (every usual kwarg: ``num_classes``,
+    ``in_chans``, ``global_pool``, ``drop_rate``, ``features_only``/``out_indices``,
+    ``pretrained_cfg_overlay``; ``pretrained`` with a ``file``/``hf-hub``/``local-dir`` source).
+    Statistics: :func:`stats_to_model_args`."""
+    kwargs = stats_to_model_args(kwargs)
+    if pretrained and not has_weights_source(kwargs.get("pretrained_cfg"), kwargs["pretrained_cfg_overlay"]):
+        raise ValueError(f"timm has no pretrained weights for the CIFAR backbone {variant!r}; use "
+                         f"timm.create_model('again_...', pretrained=True) or againzoo.create_model for the zoo's")
+    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs)
+
+
+def has_weights_source(cfg: Any, overlay: dict[str, Any]) -> bool:
+    """Whether a pretrained cfg (and overlay) names weights to load (a file, a Hub repo, a URL)."""
+    keys = ("file", "hf_hub_id", "url", "state_dict")
+    if any(overlay.get(k) for k in keys):
+        return True
+    if isinstance(cfg, dict):
+        return any(cfg.get(k) for k in keys)
+    return False
+
+
+def default_stats(in_chans: int, mean: Any = None, std: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``norm_mean``/``norm_std`` for ``in_chans`` channels: the given ones (one value per channel),
+    else CIFAR-10's (their average per channel when ``in_chans != 3``)."""
+    if mean is None:
+        mean = CIFAR10_MEAN if in_chans == 3 else (sum(CIFAR10_MEAN) / 3,) * in_chans
+    if std is None:
+        std = CIFAR10_STD if in_chans == 3 else (sum(CIFAR10_STD) / 3,) * in_chans
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ValueError(f"norm_mean/norm_std need one value per input channel ({in_chans}), "
+                         f"got {len(mean)} and {len(std)}")
+    return mean, std
 
 
 class CifarClassifier(nn.Module):
-    """Base: normalisation buffers, GAP + Linear head, timm's classifier API."""
+    """Base: normalisation buffers, timm's pooling + Linear head and classifier API, and
+    ``forward_intermediates`` over the stages listed in ``feature_info`` (timm's feature getter:
+    ``features_only=True`` with ``out_indices``). A subclass sets ``feature_info`` (one entry per
+    stage, index 0 the stem) and returns the stage callables, in order, from :meth:`feature_stages`."""
 
     normalizes_input = True
 
-    def __init__(self, num_classes: int, num_features: int, cfg: dict[str, Any], in_chans: int = 3, drop_rate: float = 0.0):
+    def __init__(self, num_classes: int, num_features: int, in_chans: int = 3, drop_rate: float = 0.0,
+                 global_pool: str = "avg", norm_mean: Any = None, norm_std: Any = None, first_conv: str = "stem.conv"):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = num_features
         self.drop_rate = drop_rate
-        # the statistics are applied inside forward() (feed images in [0, 1]); the cfg timm's data
-        # pipeline reads says identity (see inside_normalized)
-        mean, std = model_stats(cfg, in_chans)
-        cfg = inside_normalized(dict(cfg, num_classes=num_classes,
-                                     input_size=(in_chans,) + tuple(cfg["input_size"][1:])), mean, std)
-        self.pretrained_cfg = self.default_cfg = cfg
+        self.in_chans = in_chans
+        # applied inside forward() (feed images in [0, 1]); the cfg timm's data pipeline reads says identity
+        mean, std = default_stats(in_chans, norm_mean, norm_std)
+        self.pretrained_cfg = self.default_cfg = cifar_cfg(num_classes=num_classes, input_size=(in_chans, 32, 32),
+                                                           mean=(0.0,) * in_chans, std=(1.0,) * in_chans,
+                                                           first_conv=first_conv)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.global_pool = "avg"
-        self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._make_head(num_classes, global_pool)
+        self.feature_info: list[dict[str, Any]] = []
+        self._pruned_to: int | None = None
+
+    def _make_head(self, num_classes: int, global_pool: str) -> None:
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.num_classes = num_classes
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean/std applied to [0, 1] inputs (``norm_mean``/``norm_std``, or the loaded buffers)."""
+        return tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+
+    def feature_stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """One callable per ``feature_info`` entry, in forward order (the last one's output is the
+        final feature map)."""
+        raise NotImplementedError
+
+    def _live_stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        return self.feature_stages()[: self._pruned_to]
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        pool = global_pool if global_pool is not None else self.global_pool.pool_type
+        self._make_head(num_classes, pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        for stage in self._live_stages():
+            x = stage(x)
+        return x
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's feature API: the outputs of the ``feature_info`` stages ``indices`` (an int: the last n)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        stages = self._live_stages()
+        take, max_index = feature_take_indices(len(stages), indices)
+        intermediates = []
+        x = self.normalize(x)
+        for i, stage in enumerate(stages[:max_index + 1] if stop_early or intermediates_only else stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head): what a features-only model keeps."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        for info in self.feature_info[max_index + 1:]:
+            _replace(self, info["module"], nn.Identity())
+        self._pruned_to = max_index + 1
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
+        x = self.global_pool(x)
         if self.drop_rate > 0:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -124,3 +226,16 @@ class CifarClassifier(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+
+
+def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std a model applies to its [0, 1] inputs (identity for one that applies none)."""
+    if hasattr(model, "input_stats"):
+        return model.input_stats()
+    n = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
+    return (0.0,) * n, (1.0,) * n
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)

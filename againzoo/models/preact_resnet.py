@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ._base import CifarClassifier, check_not_pretrained, cifar_cfg, resolve_cfg
+from ._base import CifarClassifier, build_cifar, cifar_cfg
 
 
 class PreActBlock(nn.Module):
@@ -37,12 +37,13 @@ class PreActBlock(nn.Module):
 
 class PreActResNet(CifarClassifier):
     def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64,
-                 in_chans: int = 3, drop_rate: float = 0.0, cfg: dict[str, Any] | None = None):
+                 in_chans: int = 3, drop_rate: float = 0.0, global_pool: str = "avg", norm_mean: Any = None,
+                 norm_std: Any = None):
         widths = [width * 2**i for i in range(len(layers))]
-        super().__init__(num_classes, widths[-1], cfg or cifar_cfg(first_conv="stem"), in_chans, drop_rate)
+        super().__init__(num_classes, widths[-1], in_chans, drop_rate, global_pool, norm_mean, norm_std, "stem")
         self.stem = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
         in_planes = width
-        self.feature_info = []
+        self.feature_info = [{"num_chs": width, "reduction": 1, "module": "stem"}]
         for i, (n, w) in enumerate(zip(layers, widths)):
             blocks = []
             for s in [1 if i == 0 else 2] + [1] * (n - 1):
@@ -57,19 +58,23 @@ class PreActResNet(CifarClassifier):
         self.feature_info[-1] = {"num_chs": widths[-1], "reduction": 2 ** (len(layers) - 1), "module": "act"}
         self.init_weights()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(self.normalize(x))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.act(self.bn(x))
+    def feature_stages(self) -> list:
+        last = self.num_stages
+        return ([self.stem] + [getattr(self, f"layer{i + 1}") for i in range(last - 1)]
+                + [lambda x: self.act(self.bn(getattr(self, f"layer{last}")(x)))])
 
 
-default_cfgs = generate_default_cfgs({"preactresnet18": cifar_cfg(first_conv="stem")})
+default_cfgs = generate_default_cfgs({name: cifar_cfg(first_conv="stem")
+                                      for name in ("preactresnet18", "preactresnet18_cifar")})
 
 
 @register_model
 def preactresnet18(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
     """Pre-activation ResNet-18 for CIFAR."""
-    check_not_pretrained("preactresnet18", pretrained)
-    cfg = resolve_cfg(cifar_cfg(first_conv="stem", architecture="preactresnet18"), kwargs)
-    return PreActResNet((2, 2, 2, 2), cfg=cfg, **kwargs)
+    return build_cifar(PreActResNet, "preactresnet18", pretrained, **kwargs)
+
+
+@register_model
+def preactresnet18_cifar(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
+    """Pre-activation ResNet-18 for CIFAR (alias of ``preactresnet18``)."""
+    return build_cifar(PreActResNet, "preactresnet18_cifar", pretrained, **kwargs)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ._base import CifarClassifier, check_not_pretrained, cifar_cfg, resolve_cfg
+from ._base import CifarClassifier, build_cifar, cifar_cfg
 
 
 class BasicBlock(nn.Module):
@@ -46,12 +46,13 @@ class ResNetCifar(CifarClassifier):
     """ResNet with BasicBlocks and a CIFAR stem; ``width`` scales every stage (64 = standard)."""
 
     def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64,
-                 in_chans: int = 3, drop_rate: float = 0.0, cfg: dict[str, Any] | None = None):
+                 in_chans: int = 3, drop_rate: float = 0.0, global_pool: str = "avg", norm_mean: Any = None,
+                 norm_std: Any = None):
         widths = [width * 2**i for i in range(len(layers))]
-        super().__init__(num_classes, widths[-1], cfg or cifar_cfg(), in_chans, drop_rate)
+        super().__init__(num_classes, widths[-1], in_chans, drop_rate, global_pool, norm_mean, norm_std, "stem.conv")
         self.stem = Stem(in_chans, width)
         in_planes = width
-        self.feature_info = []
+        self.feature_info = [{"num_chs": width, "reduction": 1, "module": "stem"}]
         for i, (n, w) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
             blocks = []
@@ -63,11 +64,8 @@ class ResNetCifar(CifarClassifier):
         self.num_stages = len(layers)
         self.init_weights()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(self.normalize(x))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return x
+    def feature_stages(self) -> list:
+        return [self.stem] + [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
 
 default_cfgs = generate_default_cfgs({"resnet18_cifar": cifar_cfg()})
@@ -76,6 +74,4 @@ default_cfgs = generate_default_cfgs({"resnet18_cifar": cifar_cfg()})
 @register_model
 def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
     """ResNet-18, CIFAR stem (3x3 conv, stride 1, no max-pool); ``width=64`` is the standard model."""
-    check_not_pretrained("resnet18_cifar", pretrained)
-    cfg = resolve_cfg(cifar_cfg(architecture="resnet18_cifar"), kwargs)
-    return ResNetCifar((2, 2, 2, 2), cfg=cfg, **kwargs)
+    return build_cifar(ResNetCifar, "resnet18_cifar", pretrained, **kwargs)

@@ -13,17 +13,18 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ._base import CifarClassifier, check_not_pretrained, cifar_cfg, resolve_cfg
+from ._base import CifarClassifier, build_cifar, cifar_cfg
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
 class VggCifar(CifarClassifier):
     def __init__(self, stages: tuple[tuple[int, ...], ...] = VGG16_STAGES, num_classes: int = 10,
-                 width_mult: float = 1.0, in_chans: int = 3, drop_rate: float = 0.0,
-                 cfg: dict[str, Any] | None = None):
+                 width_mult: float = 1.0, in_chans: int = 3, drop_rate: float = 0.0, global_pool: str = "avg",
+                 norm_mean: Any = None, norm_std: Any = None):
         stages = tuple(tuple(max(1, int(c * width_mult)) for c in s) for s in stages)
-        super().__init__(num_classes, stages[-1][-1], cfg or cifar_cfg(first_conv="stages.0.0"), in_chans, drop_rate)
+        super().__init__(num_classes, stages[-1][-1], in_chans, drop_rate, global_pool, norm_mean, norm_std,
+                         "stages.0.0")
         layers, self.feature_info, c_in = [], [], in_chans
         for i, stage in enumerate(stages):
             mods: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
@@ -35,8 +36,8 @@ class VggCifar(CifarClassifier):
         self.stages = nn.Sequential(*layers)
         self.init_weights()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.normalize(x))
+    def feature_stages(self) -> list:
+        return list(self.stages)
 
 
 default_cfgs = generate_default_cfgs({"vgg16_cifar": cifar_cfg(first_conv="stages.0.0")})
@@ -45,6 +46,4 @@ default_cfgs = generate_default_cfgs({"vgg16_cifar": cifar_cfg(first_conv="stage
 @register_model
 def vgg16_cifar(pretrained: bool = False, **kwargs: Any) -> VggCifar:
     """VGG-16-BN for CIFAR; ``width_mult`` scales the channels for tests."""
-    check_not_pretrained("vgg16_cifar", pretrained)
-    cfg = resolve_cfg(cifar_cfg(first_conv="stages.0.0", architecture="vgg16_cifar"), kwargs)
-    return VggCifar(VGG16_STAGES, cfg=cfg, **kwargs)
+    return build_cifar(VggCifar, "vgg16_cifar", pretrained, **{"stages": VGG16_STAGES, **kwargs})

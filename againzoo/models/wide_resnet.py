@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ._base import CifarClassifier, check_not_pretrained, cifar_cfg, resolve_cfg
+from ._base import CifarClassifier, build_cifar, cifar_cfg
 
 
 class WideBlock(nn.Module):
@@ -40,14 +40,15 @@ class WideBlock(nn.Module):
 
 class WideResNet(CifarClassifier):
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, in_chans: int = 3,
-                 drop_rate: float = 0.0, block_drop_rate: float = 0.0, cfg: dict[str, Any] | None = None):
+                 drop_rate: float = 0.0, block_drop_rate: float = 0.0, global_pool: str = "avg",
+                 norm_mean: Any = None, norm_std: Any = None):
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        super().__init__(num_classes, widths[3], cfg or cifar_cfg(first_conv="conv1"), in_chans, drop_rate)
+        super().__init__(num_classes, widths[3], in_chans, drop_rate, global_pool, norm_mean, norm_std, "conv1")
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
-        self.feature_info = []
+        self.feature_info = [{"num_chs": widths[0], "reduction": 1, "module": "conv1"}]
         for g in range(3):
             blocks = [WideBlock(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
                                 (1 if g == 0 else 2) if i == 0 else 1, block_drop_rate) for i in range(n)]
@@ -58,19 +59,20 @@ class WideResNet(CifarClassifier):
         self.feature_info[-1] = {"num_chs": widths[3], "reduction": 4, "module": "act"}
         self.init_weights()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(self.normalize(x))
-        x = self.block3(self.block2(self.block1(x)))
-        return self.act(self.bn1(x))
+    def feature_stages(self) -> list:
+        return [self.conv1, self.block1, self.block2, lambda x: self.act(self.bn1(self.block3(x)))]
 
 
-default_cfgs = generate_default_cfgs({"wrn34_10": cifar_cfg(first_conv="conv1")})
+default_cfgs = generate_default_cfgs({name: cifar_cfg(first_conv="conv1") for name in ("wrn34_10", "wrn34_10_cifar")})
 
 
 @register_model
 def wrn34_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
     """WideResNet-34-10 as in TRADES/AWP; ``widen_factor`` may be lowered for tests."""
-    check_not_pretrained("wrn34_10", pretrained)
-    cfg = resolve_cfg(cifar_cfg(first_conv="conv1", architecture="wrn34_10"), kwargs)
-    kwargs.setdefault("widen_factor", 10)
-    return WideResNet(depth=34, cfg=cfg, **kwargs)
+    return build_cifar(WideResNet, "wrn34_10", pretrained, **{"depth": 34, "widen_factor": 10, **kwargs})
+
+
+@register_model
+def wrn34_10_cifar(pretrained: bool = False, **kwargs: Any) -> WideResNet:
+    """WideResNet-34-10 for CIFAR (alias of ``wrn34_10``)."""
+    return build_cifar(WideResNet, "wrn34_10_cifar", pretrained, **{"depth": 34, "widen_factor": 10, **kwargs})
