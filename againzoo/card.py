@@ -177,6 +177,12 @@ def model_card(path: str | Path, repo_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _backbone_args(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments that shape the backbone (the AGAIN options have their own line)."""
+    again = set((cfg.get("again") or {}).keys())
+    return {k: v for k, v in (cfg.get("model_args") or {}).items() if k not in again}
+
+
 def zoo_card(paths: list[str | Path]) -> str:
     """The zoo's MODEL_CARD.md: one section per checkpoint, generated from its run directory."""
     infos = [load_checkpoint_info(p) for p in paths]
@@ -196,7 +202,8 @@ def zoo_card(paths: list[str | Path]) -> str:
     for info in infos:
         ev, recipe, cfg = info["eval"], info["recipe"], info["config"]
         lines += [f"## {recipe.get('name', cfg['architecture'])}", "",
-                  f"- Architecture: `{cfg['architecture']}`, arguments `{json.dumps(cfg.get('model_args') or {})}`, "
+                  f"- Architecture: `{cfg['architecture']}` (backbone `{cfg.get('backbone', cfg['architecture'])}`), "
+                  f"backbone arguments `{json.dumps(_backbone_args(cfg))}`, "
                   f"AGAIN: `{json.dumps(cfg['again']) if cfg.get('again') else 'none'}`",
                   f"- Recipe: `{recipe.get('name', '?')}`: {recipe.get('description', '')}",
                   f"- Training data: {DATASET_NAMES.get(_dataset(info), _dataset(info))}"

@@ -42,8 +42,9 @@ def test_quickstart_is_robust_where_standard_training_is_not(tmp_path):
                  "best/model.safetensors", "best/config.json", "state/state.safetensors"):
         assert (robust_dir / name).exists(), name
     config = json.loads((robust_dir / "config.json").read_text())
-    assert config["architecture"] == "resnet18_cifar" and config["again"]["alpha"] == 0.6
-    assert config["pretrained_cfg"]["label_names"] == [str(i) for i in range(10)]
+    assert config["architecture"] == "again_resnet18" and config["backbone"] == "resnet18_cifar"
+    assert config["again"]["alpha"] == config["model_args"]["alpha"] == 0.6
+    assert config["label_names"] == [str(i) for i in range(10)]
     rows = read_jsonl(robust_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(6)) and rows[-1]["p_again"] == 1.0
     best = json.loads((robust_dir / "best" / "config.json").read_text())
