@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -26,10 +27,43 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever ``sys.stderr`` is at the time (the CLI's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """The ``againzoo`` loggers: warnings by default, ``-v`` info (run start, epoch summaries, where
+    weights were loaded from), ``-vv`` debug, ``-q`` errors only."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    log = logging.getLogger("againzoo")
+    log.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+
+
+_GLOBAL = {"quiet": False}
+
+
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="print the version and exit")) -> None:
+                                          help="print the version and exit"),
+             verbose: int = typer.Option(0, "-v", "--verbose", count=True,
+                                         help="log more: -v run progress (epoch summaries, weight sources), -vv debug"),
+             quiet: bool = typer.Option(False, "-q", "--quiet", help="errors only, and no progress bars")) -> None:
     """AGAIN adversarial training, robustness evaluation and the againzoo model zoo."""
+    configure_logging(verbose, quiet)
+    _GLOBAL["quiet"] = quiet
+
+
+def _progress(quiet: bool) -> bool:
+    """Progress bars unless the command's or the global ``--quiet`` says no."""
+    return not (quiet or _GLOBAL["quiet"])
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -92,7 +126,7 @@ def train(
     from .training.distributed import env_from_launcher
 
     _cpu_job(device)
-    run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=not quiet)
+    run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=_progress(quiet))
     if env_from_launcher().is_main:
         typer.echo(f"run dir: {run_dir}")
 
@@ -124,7 +158,7 @@ def eval_cmd(
         raise ConfigError(f"--eps: {e}") from None
     _cpu_job(device)
     result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
-                                       "last" if last else "best", progress=not quiet and not as_json,
+                                       "last" if last else "best", progress=_progress(quiet) and not as_json,
                                        **parse_aa_budget(aa_budget))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -319,7 +353,7 @@ def zoo_build(
     _cpu_job(device)
     m = build(ids or None, zoo_dir=zoo_dir, card=card, work_dir=work_dir, budget_minutes=budget_minutes,
               data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples,
-              eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=not quiet,
+              eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=_progress(quiet),
               eval_kw=parse_aa_budget(aa_budget))
     for e in m["entries"]:
         if "skipped" in e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from .factory import AGAIN_KWARGS, ZOO, Normalized, build_model
 from .models._base import input_stats
 from .io import atomic_write_json, load_tensors, save_tensors
 
+log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 HUB_FILES = (CONFIG, WEIGHTS, "eval.json", "README.md")
@@ -337,10 +339,12 @@ def load_pretrained(name: str, pretrained: bool | str, num_classes: int | None =
             raise CheckpointError(f"no published weights for {name} on {dataset}; published: {known}")
         try:
             directory = download(entry.repo_id, entry.revision)
+            log.info("%s (%s): from the Hub repo %s (%s)", name, dataset, entry.repo_id, directory)
         except CheckpointError as e:
             directory = local_dir(entry)
             if directory is None:
                 raise CheckpointError(f"{e}; and no local copy of {name} ({entry.local or 'none registered'})") from None
+            log.info("%s (%s): the Hub is out of reach (%s); loading the local copy %s", name, dataset, e, directory)
         model = from_pretrained(directory, None, num_classes, device, sha256=entry.sha256)
         if entry.note:
             warnings.warn(f"{name} ({dataset}): {entry.note}", UserWarning, stacklevel=3)

@@ -46,3 +46,19 @@ def test_progress_bars_stay_off_in_non_tty_logs(tmp_path):
 def test_shell_completion_is_offered():
     out = CliRunner().invoke(app, ["--help"]).output
     assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_verbose_logs_run_progress_and_quiet_silences_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from againzoo.cli import app
+
+    tiny = ["--set", "model.kwargs.width=4", "--set", "epochs=1", "--set", "data.val_size=50", "--set", "eval.n_val=10",
+            "--set", "eval.n_test=10", "--set", "eval.n_train=10", "--set", "attack.steps=1",
+            "--set", "eval.attack_steps=1"]
+    loud = CliRunner().invoke(app, ["-v", "train", "quickstart", "--set", f"output_dir={tmp_path / 'a'}", *tiny])
+    assert loud.exit_code == 0, loud.output
+    assert "INFO againzoo.training.trainer: training quickstart: 1 epochs" in loud.output
+    assert "INFO againzoo.training.trainer: epoch 1/1: loss" in loud.output
+    hushed = CliRunner().invoke(app, ["-q", "train", "quickstart", "--set", f"output_dir={tmp_path / 'b'}", *tiny])
+    assert hushed.exit_code == 0 and "INFO" not in hushed.output

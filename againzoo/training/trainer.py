@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .checkpoint import STATE, load_state, save_state
 from .methods import METHODS, Method, StepContext
 from .schedule import lr_factor
 
+log = logging.getLogger(__name__)
 DATASET_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
 
 
@@ -295,6 +297,10 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
 
     steps_per_epoch = len(loader)
     total = recipe.epochs * steps_per_epoch
+    if main:
+        log.info("%s %s: %d epochs of %d steps (global batch %d) on %s x %d, run dir %s",
+                 "resuming" if resume is not None else "training", recipe.name, recipe.epochs, steps_per_epoch,
+                 recipe.batch_size, dev, env.world_size, run_dir)
     monitor = {
         "val": _to_tensor(val_ds, recipe.eval.n_val) if val_ds is not None and recipe.eval.n_val else None,
         "test": _to_tensor(test_ds, recipe.eval.n_test) if test_ds is not None and recipe.eval.n_test else None,
@@ -352,6 +358,9 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
             counters.update(best_val_robust=val_r, best_epoch=epoch)
         counters["epoch"] = epoch + 1
         if main:
+            log.info("epoch %d/%d: loss %.4f, train adv acc %.4f, val robust acc %s, %.0f img/s", epoch + 1,
+                     recipe.epochs, row["train_loss"], row["train_adv_acc"],
+                     f"{val_r:.4f}" if val_r is not None else "-", row["images_per_s"])
             append_jsonl(run_dir / "metrics.jsonl", row)
             if best:
                 save_pretrained(published, run_dir / "best", {**config, "epoch": epoch, "selected_by": "val_robust_acc"})
