@@ -185,3 +185,21 @@ def test_zoo_weights_are_timm_pretrained_tags():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(via_timm(x), ours(x))
+
+
+def test_plain_timm_takes_the_backbone_of_an_again_checkpoint(tmp_path):
+    """timm.create_model('<backbone>', pretrained=True, pretrained_cfg_overlay=dict(file=...)) on an
+    againzoo AGAIN checkpoint loads every backbone tensor (strictly) and drops the ASE head."""
+    import timm
+
+    m = againzoo.create_model("again_resnet18", width=4).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    ckpt = againzoo.save_pretrained(m, tmp_path / "ckpt")
+    plain = timm.create_model("resnet18_cifar", width=4, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(ckpt / "model.safetensors"))).eval()
+    assert all(torch.equal(v, m.backbone.state_dict()[k]) for k, v in plain.state_dict().items())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(x), m.unwrap()(x))

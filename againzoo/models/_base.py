@@ -97,7 +97,16 @@ def build_cifar(model_cls: type, variant: str, pretrained: bool = False, **kwarg
     if pretrained and not has_weights_source(kwargs.get("pretrained_cfg"), kwargs["pretrained_cfg_overlay"]):
         raise ValueError(f"timm has no pretrained weights for the CIFAR backbone {variant!r}; use "
                          f"timm.create_model('again_...', pretrained=True) or againzoo.create_model for the zoo's")
-    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs)
+    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg={"feature_cls": "getter"},
+                                pretrained_filter_fn=backbone_weights, **kwargs)
+
+
+def backbone_weights(state_dict: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn``: from an AGAIN checkpoint (``backbone.*``, ``ase.*``), the
+    backbone's weights; any other state dict as it is."""
+    if any(k.startswith("backbone.") for k in state_dict):
+        return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    return state_dict
 
 
 def has_weights_source(cfg: Any, overlay: dict[str, Any]) -> bool:
