@@ -74,7 +74,7 @@ def _metrics_rows(ev: dict[str, Any]) -> list[tuple[str, float]]:
             ("Clean accuracy", ev["clean_acc"])]
     rows += [(f"{col} ({ev['norm']} eps={e})", v) for col, v in ev["columns"].items() if col != "Clean"]
     if "non_adaptive_acc" in ev:
-        rows.append((f"Non-adaptive attacks only (main logits; overstates robustness)", ev["non_adaptive_acc"]))
+        rows.append(("Non-adaptive attacks only (main logits; overstates robustness)", ev["non_adaptive_acc"]))
     return rows
 
 

@@ -27,6 +27,7 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -243,7 +244,7 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     runs = [("FGSM", AttackSpec("FGSM", "fgsm"), eps), ("PGD-10", AttackSpec("PGD-10", "pgd", steps=10), eps),
             ("PGD-50", AttackSpec("PGD-50", "pgd", steps=50), eps)]
     runs += [(f"PGD-20@{s:g}eps", AttackSpec("PGD-20", "pgd", steps=20), s * eps) for s in scales]
-    runs += [(f"PGD-20@large", AttackSpec("PGD-20", "pgd", steps=20), large)]
+    runs += [("PGD-20@large", AttackSpec("PGD-20", "pgd", steps=20), large)]
     bar = tqdm(total=len(runs) * math.ceil(n / batch_size), desc="soundness checks", disable=None if progress else True, leave=False)
     acc: dict[str, float] = {}
     ok_all = torch.ones(n, dtype=torch.bool, device=x.device)
@@ -422,11 +423,10 @@ ROBUSTBENCH = "robustbench.json"
 def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None = None, n_examples: int = 1000,
                         eps: float | None = None, split: str | None = None, device: str | None = None,
                         batch_size: int = 256, which: str = "best", progress: bool = True, write: bool = True,
-                        **kw: Any) -> tuple[dict[str, Any], "Path"]:
+                        **kw: Any) -> tuple[dict[str, Any], Path]:
     """Evaluate a run directory (``best/`` by default) or a Hub model and write ``eval.json``
     beside its weights. Returns ``(result, weights directory)``."""
     import json
-    from pathlib import Path
 
     from .hub import CONFIG, from_pretrained
     from .io import atomic_write_json

@@ -121,7 +121,6 @@ def plan(entries: list[ZooEntry], seconds: float | None, n_eval: int, device: st
     for p in plans:
         r = p.recipe
         p.images_per_s, p.eval_passes_per_s = _measure(r, device, eval_batch)
-        passes = r.attack.steps + 1 if r.method.name != "standard" else 1
         e = r.eval
         # per-epoch monitoring: PGD-(attack_steps) + clean pass on three slices, twice with EMA on
         monitor_passes = (e.n_val + e.n_test + e.n_train) * (e.attack_steps + 1) * (2 if r.ema else 1) / e.every

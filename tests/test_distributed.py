@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from againzoo import from_pretrained
-from againzoo.data import TensorLoader, load_dataset
+from againzoo.data import TensorLoader
 from againzoo.io import load_tensors, read_jsonl
 from againzoo.training import train
 from againzoo.training.distributed import DistEnv, env_from_launcher, local_batch_size

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import againzoo
 from againzoo import CheckpointError
-from againzoo.card import model_card, zoo_card
+from againzoo.card import zoo_card
 from againzoo.cli import app
 from againzoo.hub import from_pretrained, save_pretrained, sha256_of
 from againzoo.registry import PretrainedEntry, register

@@ -11,7 +11,6 @@ import timm
 import torch
 from typer.testing import CliRunner
 
-import againzoo
 from againzoo import AgainModel
 from againzoo import onnx as az_onnx
 from againzoo.cli import app

@@ -60,10 +60,6 @@ def inside_normalized(cfg: dict[str, Any], mean: tuple[float, ...], std: tuple[f
                 normalize_in_model=True)
 
 
-def _is_identity(mean: Any, std: Any) -> bool:
-    return all(float(m) == 0.0 for m in mean) and all(float(s) == 1.0 for s in std)
-
-
 def stats_to_model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     """timm factory kwargs of a model that normalises inside: dataset statistics given the timm way,
     as non-identity ``mean``/``std`` in ``pretrained_cfg_overlay`` (or ``model_mean``/``model_std``

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 

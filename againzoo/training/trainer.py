@@ -229,7 +229,6 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         test_ds: ArrayDataset | None = load_dataset(d.dataset, "test", d.data_dir, d.source, d.download)
     except DataError:
         test_ds = None
-    num_classes = NUM_CLASSES[d.dataset]
     if env.distributed and len(train_ds) < recipe.batch_size:
         raise ConfigError(f"{len(train_ds)} training images make no full global batch of {recipe.batch_size} "
                           f"(data-parallel runs drop the last partial batch)")
