@@ -143,9 +143,12 @@ def test_againzoo_checkpoints_load_through_timm_local_dir_and_hf_hub(tmp_path):
         assert torch.equal(via_timm(x), ours(x)) and torch.equal(ours(x), m(x))
     assert tuple(via_timm.pretrained_cfg["label_names"]) == tuple("abcdefghij")
     populate_cache(tmp_path / "hf", "someone/again-tiny", ckpt)
-    torch.save(x, tmp_path / "x.pt")
+    from safetensors.torch import save_file
+
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
     code = ("import torch, timm, againzoo\n"
-            f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+            "from safetensors.torch import load_file\n"
+            f"x = load_file({str(tmp_path / 'x.safetensors')!r})['x']\n"
             "a = timm.create_model('hf-hub:someone/again-tiny', pretrained=True).eval()\n"
             "b = againzoo.from_pretrained('someone/again-tiny')\n"
             "c = againzoo.from_pretrained('hf-hub:someone/again-tiny')\n"
