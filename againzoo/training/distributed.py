@@ -126,36 +126,38 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _coalesced(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], None]) -> None:
+    """Run ``collective`` in place on the tensors flattened into one buffer per dtype (one call
+    instead of one per tensor), then copy the results back."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        collective(flat)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
 def average_gradients(module: nn.Module) -> None:
-    """Average the gradients of ``module`` over ranks in place (one flat all-reduce)."""
+    """Average the gradients of ``module`` over ranks in place."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    world = dist.get_world_size()
+
+    def mean(flat: torch.Tensor) -> None:
+        dist.all_reduce(flat)
+        flat /= world
+    _coalesced([p.grad for p in module.parameters() if p.grad is not None], mean)
 
 
 def broadcast_buffers(module: nn.Module) -> None:
-    """Make every rank's buffers (BN running statistics) rank 0's: one broadcast per dtype."""
+    """Make every rank's buffers (BN running statistics) rank 0's."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for b in module.buffers():
-        by_dtype.setdefault(b.dtype, []).append(b)
-    for bufs in by_dtype.values():
-        flat = torch.cat([b.reshape(-1) for b in bufs])
-        dist.broadcast(flat, 0)
-        offset = 0
-        for b in bufs:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
-            offset += b.numel()
+    _coalesced(list(module.buffers()), lambda flat: dist.broadcast(flat, 0))
 
 
 # -- synchronised BatchNorm ----------------------------------------------------------------------
