@@ -27,7 +27,7 @@ from torch import nn
 from .ase import GATES, AttributionSpanEnlargement
 from .errors import ConfigError, ShapeError, UsageError
 from .hff import LAYOUTS, HybridFeatureFusion
-from .models._base import input_stats, inside_normalized, model_stats
+from .models._base import buffer_stats, input_stats, inside_normalized, model_stats
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -286,7 +286,7 @@ class AgainModel(nn.Module):
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean/std applied to [0, 1] inputs inside the model."""
         if self.normalize_input:
-            return tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+            return buffer_stats(self)
         return input_stats(self.backbone)
 
     def extra_repr(self) -> str:

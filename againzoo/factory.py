@@ -15,12 +15,13 @@ from typing import Any, Callable
 
 import timm
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from torch import nn
 
 from .adapter import AgainModel, backbone_cfg
 from .errors import ConfigError
-from .models._base import cifar_cfg, has_weights_source, inside_normalized, model_stats, stats_to_model_args
+from .models._base import (buffer_stats, cifar_cfg, has_weights_source, inside_normalized, model_stats,
+                           stats_to_model_args)
 
 ZOO = {
     "again_resnet18": "resnet18_cifar",
@@ -68,7 +69,7 @@ class Normalized(nn.Module):
         return inside_normalized(backbone_cfg(self.backbone), mean, std)
 
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+        return buffer_stats(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
@@ -100,15 +101,13 @@ def _zoo_cfgs() -> dict[str, dict[str, Any]]:
     listed by ``timm.list_pretrained()``; the weights come from the zoo registry."""
     from .registry import entries
 
-    first_conv = {"resnet18_cifar": "stem.conv", "preactresnet18": "stem", "wrn34_10": "conv1",
-                  "vgg16_cifar": "stages.0.0"}
     cfgs: dict[str, dict[str, Any]] = {}
     try:
         published = entries()
     except Exception:  # noqa: BLE001 - a broken registry must not break `import againzoo`
         published = []
     for name, arch in ZOO.items():
-        base = cifar_cfg(first_conv=f"backbone.{first_conv[arch]}", classifier=("backbone.fc", "ase.fc"))
+        base = cifar_cfg(first_conv=f"backbone.{get_pretrained_cfg(arch).first_conv}", classifier=("backbone.fc", "ase.fc"))
         tags = [e for e in published if e.model == name]
         for e in tags:
             cfgs[f"{name}.{e.dataset}"] = dict(base, hf_hub_id=e.repo_id, num_classes=100 if e.dataset == "cifar100" else 10)

@@ -76,10 +76,9 @@ def model_config(model: nn.Module, label_names: list[str] | None = None,
     if zoo_name is not None:
         architecture = zoo_name
         args.update(model.again_config())
-        for key in ("first_conv", "classifier"):
-            if isinstance(bcfg.get(key), str) and bcfg[key]:
-                pcfg[key] = f"backbone.{bcfg[key]}"
-        pcfg["classifier"] = [pcfg.get("classifier", "backbone.fc"), "ase.fc"]
+        if bcfg.get("first_conv"):
+            pcfg["first_conv"] = f"backbone.{bcfg['first_conv']}"
+        pcfg["classifier"] = [f"backbone.{bcfg.get('classifier') or 'fc'}", "ase.fc"]
     pool = getattr(backbone, "global_pool", None)
     pool = getattr(pool, "pool_type", pool)
     out: dict[str, Any] = {

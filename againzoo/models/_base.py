@@ -164,7 +164,7 @@ class CifarClassifier(nn.Module):
 
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean/std applied to [0, 1] inputs (``norm_mean``/``norm_std``, or the loaded buffers)."""
-        return tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+        return buffer_stats(self)
 
     def feature_stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         """One callable per ``feature_info`` entry, in forward order (the last one's output is the
@@ -231,6 +231,11 @@ class CifarClassifier(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+
+
+def buffer_stats(module: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The statistics held in a module's ``mean``/``std`` buffers (shape ``(1, C, 1, 1)``)."""
+    return tuple(module.mean.flatten().tolist()), tuple(module.std.flatten().tolist())
 
 
 def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
