@@ -2,29 +2,35 @@
 
 A forward hook on one module of the backbone (default: the last ``feature_info`` entry, i.e.
 the last feature stage, the paper's "second last layer") replaces that module's output ``A`` by
-``ASE(HFF(A))``. The backbone's code and ``state_dict`` keys are untouched; ``unwrap()`` removes
-the hook and returns the backbone as it was.
+``ASE(HFF(A))``; more sites, and sites at a module's input (a pre-hook: ``"layer4.1.conv1:input"``
+gates the residual branch of the last block, the authors' code's inner site), each get their own
+ASE head. The backbone's code and ``state_dict`` keys are untouched; ``unwrap()`` removes the
+hooks and returns the backbone as it was.
 
 Contract (see DESIGN.md):
 
 * ``model(x)`` takes float images in [0, 1], NCHW, and returns a logits Tensor.
   Normalisation happens inside (the backbone's own, or ``pretrained_cfg`` mean/std).
-* ``model(x, targets=y)`` in train mode applies HFF and the label-mixed ASE gate.
-* ``model(x, ..., return_aux=True)`` returns ``(logits, aux_logits)``.
+* ``model(x, targets=y)`` in train mode applies HFF and the training gate (the label-mixed gate
+  of Eq. 4 by default; ``gate_source="pred"``/``"soft"`` read no labels, see :mod:`againzoo.ase`).
+* ``model(x, ..., return_aux=True)`` returns ``(logits, aux_logits)`` (a tuple of aux logits, one
+  per site, when there are several).
 * ``model(x, ..., again=False)`` runs that call without HFF and the gate (the progressive
   schedule of section 4.3); the aux logits are still computed from the unmodified features.
-* eval mode is deterministic: HFF is off and the gate uses the ASE head's predicted class.
+* eval mode is deterministic: HFF is off and the gate uses the ASE head's predicted class (its
+  softmax for ``gate_source="soft"``); ``force_gate=c`` imposes the rows of classes ``c``.
 """
 
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from .ase import GATES, AttributionSpanEnlargement
+from .ase import GATES, SOURCES, AttributionSpanEnlargement
 from .errors import ConfigError, ShapeError, UsageError
 from .hff import LAYOUTS, HybridFeatureFusion
 from .models._base import buffer_stats, input_stats, inside_normalized, model_stats
@@ -54,47 +60,101 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
+def last_branch_site(backbone: nn.Module) -> str:
+    """``"<block>.<first conv>:input"`` of the backbone's last block: the block holding the last
+    convolution (the nearest ancestor with at least two), gated at the input of its first
+    convolution. In a residual block that is the residual branch, the shortcut untouched
+    (``resnet18_cifar``: ``layer4.1.conv1:input``; ``wrn34_10``: ``block3.4.conv1:input``, after the
+    block's BN + ReLU, as in the authors' code)."""
+    convs = [n for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError(f"{type(backbone).__name__} has no convolutions: name the AGAIN sites explicitly")
+    parts = convs[-1].split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:k]) + "."
+        inside = [c for c in convs if c.startswith(prefix)]
+        if len(inside) >= 2:
+            return f"{inside[0]}:input"
+    return f"{convs[-1]}:input"
+
+
+SITE_ALIASES = {"last_stage": default_layer, "last_branch": last_branch_site}
+
+
+def parse_site(site: str) -> tuple[str, str]:
+    """``"layer4"`` -> ``("layer4", "output")``; ``"layer4.1.conv1:input"`` -> ``("layer4.1.conv1", "input")``."""
+    name, _, at = str(site).partition(":")
+    at = at or "output"
+    if at not in ("input", "output") or not name:
+        raise ConfigError(f"an AGAIN site is a module name, optionally with ':input' or ':output', got {site!r}")
+    return name, at
+
+
 class AgainModel(nn.Module):
-    """A timm classifier wrapped with AGAIN's HFF and ASE at one layer.
+    """A timm classifier wrapped with AGAIN's HFF and ASE at one or more sites.
 
     Args:
         backbone: any timm classification model (``feature_info``, ``num_classes``).
-        layer: module name to hook; default the last ``feature_info`` entry.
-        alpha: ASE's weight on the true label in training, in [0.5, 1] (paper: 0.6).
-        hff: apply Hybrid Feature Fusion before ASE in training.
-        aux_weight: lambda of Eq. 7, stored for the losses and the config.
-        layout: channel layout of the hooked output (``"NCHW"``, ``"NHWC"``, ``"NLC"``);
-            inferred from a dry run when omitted.
+        layer: the site to hook, or a list of sites (each with its own ASE head); default the
+            last ``feature_info`` entry. A site is a module name (its output is gated) or
+            ``"<module>:input"`` (its input is gated: ``"layer4.1.conv1:input"`` gates the residual
+            branch of the last block and leaves the shortcut untouched, the authors' code's inner
+            site). Aliases: ``"last_stage"`` (the default) and ``"last_branch"``
+            (:func:`last_branch_site`). The last site is the primary one (``ase``, CAMs, diagnostics).
+        alpha: weight of the gate's main row in training, in [0.5, 1] (paper: 0.6).
+        hff: apply Hybrid Feature Fusion before ASE in training (at every site).
+        aux_weight: lambda of Eq. 7, the weight of the ASE term (the mean over the sites' heads).
+        layout: channel layout of the hooked tensors (``"NCHW"``, ``"NHWC"``, ``"NLC"``), one for all
+            sites or a list; inferred from a dry run when omitted.
         per_sample_gammas: HFF draws gammas per sample instead of per batch.
         input_size: (C, H, W) of the dry run that finds the hooked features' shape; default the
             backbone's own (``patch_embed.img_size`` or ``pretrained_cfg['input_size']``).
+        gate_source: the training gate, ``"label"`` (Eq. 4, the paper), ``"pred"`` or ``"soft"``
+            (label-free, see :mod:`againzoo.ase`).
+        detach_gate: the gate rows get no gradient from the main loss (only from the ASE term).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        layer: str | None = None,
+        layer: str | list[str] | tuple[str, ...] | None = None,
         alpha: float = 0.6,
         hff: bool = True,
         aux_weight: float = 1.0,
-        layout: str | None = None,
+        layout: str | list[str] | tuple[str, ...] | None = None,
         per_sample_gammas: bool = False,
         input_size: tuple[int, int, int] | None = None,
+        gate_source: str = "label",
+        detach_gate: bool = False,
     ):
         super().__init__()
         if not 0.5 <= float(alpha) <= 1.0:
             raise ConfigError(f"alpha must be in [0.5, 1] (the paper's range), got {alpha}")
         if aux_weight < 0:
             raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
+        if gate_source not in SOURCES:
+            raise ConfigError(f"gate_source must be one of {', '.join(SOURCES)}, got {gate_source!r}")
         self.backbone = backbone
-        self.layer = layer if layer is not None else default_layer(backbone)
+        sites = [layer] if isinstance(layer, str) or layer is None else list(layer)
+        if not sites:
+            raise ConfigError("layer: give at least one AGAIN site")
+        sites = [SITE_ALIASES[s](backbone) if s in SITE_ALIASES else s
+                 for s in (default_layer(backbone) if s is None else s for s in sites)]
+        parsed = [parse_site(s) for s in sites]
+        if len(set(parsed)) != len(parsed):
+            raise ConfigError(f"layer: the AGAIN sites {sites} name one site twice")
         modules = dict(backbone.named_modules())
-        if self.layer not in modules or self.layer == "":
-            valid = [n for n in modules if n]
-            raise ConfigError(f"unknown layer {self.layer!r}; valid module names: {', '.join(valid)}")
+        for name, _ in parsed:
+            if name not in modules or name == "":
+                valid = [n for n in modules if n]
+                raise ConfigError(f"unknown layer {name!r}; valid module names: {', '.join(valid)}")
+        self.sites = [name if at == "output" else f"{name}:{at}" for name, at in parsed]
+        self.layer = self.sites[-1]
         self.alpha = float(alpha)
         self.use_hff = bool(hff)
         self.aux_weight = float(aux_weight)
+        self.gate_source = gate_source
+        self.detach_gate = bool(detach_gate)
         self.num_classes = int(backbone.num_classes)
         cfg = backbone_cfg(backbone)
         self.input_size = tuple(input_size or self._native_input_size(backbone, cfg))
@@ -105,20 +165,39 @@ class AgainModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-        shape = self._probe_shape(modules[self.layer])
-        self.layout = layout or self._infer_layout(shape, self.layer)
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        num_features = shape[1] if self.layout == "NCHW" else shape[-1]
-        self.num_features = int(num_features)
+        shapes = self._probe_shapes([(modules[name], at) for name, at in parsed])
+        layouts = [layout] * len(parsed) if layout is None or isinstance(layout, str) else list(layout)
+        if len(layouts) != len(parsed):
+            raise ConfigError(f"layout: {len(layouts)} layouts for {len(parsed)} sites")
+        layouts = [lay or self._infer_layout(shape, name) for lay, shape, (name, _) in zip(layouts, shapes, parsed)]
+        for lay in layouts:
+            if lay not in LAYOUTS:
+                raise ConfigError(f"layout must be one of {LAYOUTS}, got {lay!r}")
+        self.layouts = layouts
+        self.layout = layouts[-1]
+        features = [int(shape[1] if lay == "NCHW" else shape[-1]) for shape, lay in zip(shapes, layouts)]
+        self.num_features = features[-1]
+
+        def head(c: int, lay: str) -> AttributionSpanEnlargement:
+            return AttributionSpanEnlargement(c, self.num_classes, alpha, lay, gate_source, detach_gate)
+
+        # the primary (last) site keeps the names of the one-site model (ase.fc.*: old checkpoints load)
         self.hff = HybridFeatureFusion(layout=self.layout, per_sample=per_sample_gammas)
-        self.ase = AttributionSpanEnlargement(self.num_features, self.num_classes, alpha, self.layout)
+        self.ase = head(self.num_features, self.layout)
+        self.hff_extra = nn.ModuleList(HybridFeatureFusion(layout=lay, per_sample=per_sample_gammas)
+                                       for lay in layouts[:-1])
+        self.ase_extra = nn.ModuleList(head(c, lay) for c, lay in zip(features[:-1], layouts[:-1]))
 
         self._cfg: dict[str, Any] | None = None  # set by timm's builder for the again_* entries
         self._call: dict[str, Any] = {}
-        self._aux: torch.Tensor | None = None
+        self._aux: list[torch.Tensor | None] = [None] * len(parsed)
         self.gate = "hard"
-        self._handle = modules[self.layer].register_forward_hook(self._hook)
+        self._handles: list[Any] | None = []
+        for k, (name, at) in enumerate(parsed):
+            if at == "output":
+                self._handles.append(modules[name].register_forward_hook(partial(self._hook, k)))
+            else:
+                self._handles.append(modules[name].register_forward_pre_hook(partial(self._pre_hook, k)))
 
     # -- construction helpers ---------------------------------------------------------------
     @staticmethod
@@ -129,9 +208,14 @@ class AgainModel(nn.Module):
             size = (size[0],) + tuple(img_size)
         return size
 
-    def _probe_shape(self, module: nn.Module) -> tuple[int, ...]:
-        seen: list[tuple[int, ...]] = []
-        handle = module.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    def _probe_shapes(self, where: list[tuple[nn.Module, str]]) -> list[tuple[int, ...]]:
+        seen: list[list[tuple[int, ...]]] = [[] for _ in where]
+        handles = []
+        for k, (module, at) in enumerate(where):
+            if at == "output":
+                handles.append(module.register_forward_hook(lambda m, i, o, k=k: seen[k].append(tuple(o.shape))))
+            else:
+                handles.append(module.register_forward_pre_hook(lambda m, i, k=k: seen[k].append(tuple(i[0].shape))))
         was_training = self.backbone.training
         try:
             self.backbone.eval()
@@ -142,11 +226,13 @@ class AgainModel(nn.Module):
         except RuntimeError as e:
             raise ConfigError(f"dry run at input size {self.input_size} failed ({e}); pass input_size=(C, H, W)") from e
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
             self.backbone.train(was_training)
-        if not seen:
-            raise ConfigError(f"layer {self.layer!r} is not used in the backbone's forward pass")
-        return seen[-1]
+        for s, site in zip(seen, self.sites):
+            if not s:
+                raise ConfigError(f"layer {site!r} is not used in the backbone's forward pass")
+        return [s[-1] for s in seen]
 
     def _infer_layout(self, shape: tuple[int, ...], layer: str) -> str:
         if len(shape) == 3:
@@ -162,18 +248,29 @@ class AgainModel(nn.Module):
             return "NHWC"
         return "NCHW"
 
-    # -- the hook -------------------------------------------------------------------------
-    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor):
-            raise ShapeError(f"layer {self.layer!r} returned {type(output).__name__}; AGAIN needs a Tensor")
+    # -- the hooks ------------------------------------------------------------------------
+    def _site_modules(self, k: int) -> tuple[HybridFeatureFusion, AttributionSpanEnlargement]:
+        last = len(self.sites) - 1
+        return (self.hff, self.ase) if k == last else (self.hff_extra[k], self.ase_extra[k])
+
+    def _gate_site(self, k: int, features: Any) -> torch.Tensor:
+        if not isinstance(features, torch.Tensor):
+            raise ShapeError(f"layer {self.sites[k]!r} carries {type(features).__name__}; AGAIN needs a Tensor")
+        hff, ase = self._site_modules(k)
         call = self._call
         if not call.get("again", True):
-            self._aux = self.ase.fc(self.ase.pool(output))
-            return output
+            self._aux[k] = ase.fc(ase.pool(features))
+            return features
         if self.training and self.use_hff:
-            output = self.hff(output)
-        gated, self._aux = self.ase(output, targets=call.get("targets"), gate=self.gate)
+            features = hff(features)
+        gated, self._aux[k] = ase(features, targets=call.get("targets"), gate=self.gate, force=call.get("force"))
         return gated
+
+    def _hook(self, k: int, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        return self._gate_site(k, output)
+
+    def _pre_hook(self, k: int, module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (self._gate_site(k, inputs[0]),) + tuple(inputs[1:])
 
     # -- public API -------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
@@ -220,11 +317,15 @@ class AgainModel(nn.Module):
         targets: torch.Tensor | None = None,
         return_aux: bool = False,
         again: bool = True,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self._handle is None:
-            raise RuntimeError("this AgainModel was unwrapped; use the returned backbone")
+        force_gate: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, ...]]:
+        """Logits; with ``return_aux`` also the ASE logits (a tensor for one site, a tuple in site
+        order for several). ``force_gate`` (one class per example) gates every site with those
+        classes' rows instead of the predicted ones: the gate diagnostics' oracle and wrong gates."""
+        if self._handles is None:
+            raise UsageError("this AgainModel was unwrapped: use the backbone that unwrap() returned")
         self.check_input(x)
-        if self.training and again and targets is None:
+        if self.training and again and targets is None and self.gate_source == "label" and force_gate is None:
             raise UsageError(
                 "AgainModel in train mode needs targets for the ASE label mix: call model(x, targets=y), "
                 "or model(x, again=False) for a plain forward"
@@ -234,14 +335,17 @@ class AgainModel(nn.Module):
                              "to classify one image")
         if targets is not None:  # the labels index the ASE weights in training: check their values there
             self.check_targets(x, targets, values=self.training)
+        if force_gate is not None:
+            self.check_targets(x, force_gate, values=not _tracing())
         if self.normalize_input:
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        self._call = {"targets": targets if self.training else None, "again": again}
+        self._call = {"targets": targets if self.training else None, "again": again, "force": force_gate}
         try:
             logits = self.backbone(x)
         finally:
             self._call = {}
-        aux, self._aux = self._aux, None
+        aux = self._aux[0] if len(self._aux) == 1 else tuple(self._aux)
+        self._aux = [None] * len(self._aux)
         return (logits, aux) if return_aux else logits
 
     @contextlib.contextmanager
@@ -256,16 +360,18 @@ class AgainModel(nn.Module):
             self.gate = previous
 
     def again_config(self) -> dict[str, Any]:
-        """The AGAIN options, as stored in ``config.json``."""
-        return {"layer": self.layer, "alpha": self.alpha, "hff": self.use_hff,
-                "aux_weight": self.aux_weight, "layout": self.layout,
-                "per_sample_gammas": self.hff.per_sample}
+        """The AGAIN options, as stored in ``config.json`` (one site: ``layer`` and ``layout`` are strings)."""
+        one = len(self.sites) == 1
+        return {"layer": self.layer if one else list(self.sites), "alpha": self.alpha, "hff": self.use_hff,
+                "aux_weight": self.aux_weight, "layout": self.layout if one else list(self.layouts),
+                "per_sample_gammas": self.hff.per_sample, "gate_source": self.gate_source,
+                "detach_gate": self.detach_gate}
 
     def unwrap(self) -> nn.Module:
-        """Remove the hook and return the untouched backbone; this wrapper becomes unusable."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Remove the hooks and return the untouched backbone; this wrapper becomes unusable."""
+        for h in self._handles or []:
+            h.remove()
+        self._handles = None
         return self.backbone
 
     @property
@@ -290,4 +396,4 @@ class AgainModel(nn.Module):
         return input_stats(self.backbone)
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer!r}, num_features={self.num_features}, aux_weight={self.aux_weight}"
+        return f"sites={self.sites!r}, num_features={self.num_features}, aux_weight={self.aux_weight}"

@@ -57,6 +57,7 @@ class AutoAttackRun:
     warnings: dict[str, str] = field(default_factory=dict)  # check name -> the package's message
     seconds: float = 0.0
     max_perturbation: float = 0.0
+    attacks: tuple[str, ...] = ATTACKS  # the official attacks that ran
 
     @property
     def acc(self) -> float:
@@ -101,11 +102,17 @@ def _set_iterations(apgd: Any, n_iter: int) -> None:
 
 
 def make_adversary(model: nn.Module, eps: float, norm: str, seed: int, device: torch.device,
-                   budget: dict[str, int] | None = None) -> Any:
-    """``pyautoattack.AutoAttack(version="standard")``, optionally with reduced budgets (tests)."""
+                   budget: dict[str, int] | None = None, attacks: tuple[str, ...] = ATTACKS) -> Any:
+    """``pyautoattack.AutoAttack(version="standard")``, optionally with reduced budgets (tests) or a
+    subset of its attacks (in the standard order, with the standard settings: the ``quick`` suite's
+    official APGD-CE + APGD-T)."""
     from pyautoattack import AutoAttack
 
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise UsageError(f"AutoAttack attacks must be a non-empty subset of {', '.join(ATTACKS)}, got {list(attacks)}")
     aa = AutoAttack(model, norm=norm, eps=eps, seed=seed, version="standard", device=device)
+    aa.attacks_to_run = [a for a in ATTACKS if a in attacks]
     if budget:
         unknown = set(budget) - {"n_iter", "n_targets", "n_queries"}
         if unknown:
@@ -133,12 +140,13 @@ def gate_context(model: nn.Module, gate: str) -> contextlib.AbstractContextManag
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                    gate: str = "hard", batch_size: int = 250, seed: int = 0,
-                   budget: dict[str, int] | None = None) -> AutoAttackRun:
-    """Official standard AutoAttack on ``(x, y)`` (float [0, 1] NCHW on the model's device)."""
+                   budget: dict[str, int] | None = None, attacks: tuple[str, ...] = ATTACKS) -> AutoAttackRun:
+    """Official standard AutoAttack on ``(x, y)`` (float [0, 1] NCHW on the model's device);
+    ``attacks`` runs a subset of it."""
     model.eval()
     t0 = time.time()
     x = x.contiguous()  # pyautoattack .view()s gradients shaped like x
-    aa = make_adversary(model, eps, norm, seed, x.device, budget)
+    aa = make_adversary(model, eps, norm, seed, x.device, budget, attacks)
     with _captured() as messages, gate_context(model, gate):
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     with torch.no_grad():
@@ -149,7 +157,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     after = {m.group(1).lower(): round(float(m.group(2)) / 100, 6) for m in map(_AFTER.search, messages) if m}
     found = {name: msg for name, key in CHECKS.items() for msg in messages if key in msg}
     return AutoAttackRun(gate, robust, x_adv.detach(), after, found, time.time() - t0,
-                         float(size.max()) if len(size) else 0.0)
+                         float(size.max()) if len(size) else 0.0, tuple(aa.attacks_to_run))
 
 
 def square_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, queries: int,

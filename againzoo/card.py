@@ -95,7 +95,8 @@ def _autoattack_line(ev: dict[str, Any]) -> str | None:
     if not isinstance(aa, dict):
         return None
     runs = ", ".join(f"{gate.replace('_', '-')} gate {pct(r['acc'])}" for gate, r in aa["runs"].items())
-    return (f"Official AutoAttack (pyautoattack {aa['version']}, standard: {', '.join(aa['attacks'])}): {runs}"
+    what = "standard" if aa.get("complete", True) else "standard settings, only"
+    return (f"Official AutoAttack (pyautoattack {aa['version']}, {what}: {', '.join(aa['attacks'])}): {runs}"
             + ("; the AA column is their per-example worst case" if len(aa["runs"]) > 1 else ""))
 
 

@@ -150,6 +150,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
     from .evaluation import evaluate_checkpoint, markdown_table
+    from .gate_diagnostics import describe as describe_gate
     from .recipes import parse_number
 
     try:
@@ -173,9 +174,11 @@ def eval_cmd(
     aa = result.get("autoattack")
     if aa:
         runs = ", ".join(f"{gate} gate {100 * r['acc']:.2f}" for gate, r in aa["runs"].items())
-        typer.echo(f"AutoAttack: official pyautoattack {aa['version']} (standard: {', '.join(aa['attacks'])}); {runs}"
+        typer.echo(f"AutoAttack: official pyautoattack {aa['version']} (standard settings: {', '.join(aa['attacks'])}); {runs}"
                    + ("" if aa["budget"] == "standard" else f"; REDUCED budget {aa['budget']}"))
-    typer.echo(f"wrote {wdir / 'eval.json'}" + (f" and {wdir / 'robustbench.json'}" if aa else ""))
+    if result.get("gate"):
+        typer.echo(describe_gate(result["gate"]))
+    typer.echo(f"wrote {wdir / 'eval.json'}" + (f" and {wdir / 'robustbench.json'}" if "AA" in result["columns"] else ""))
 
 
 @app.command()

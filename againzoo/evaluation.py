@@ -3,7 +3,9 @@
 Suites (L-inf or L2, budget ``eps``):
 
 * ``quick``: APGD-CE and APGD-T (DLR, 9 targets) in every mode the model supports (``standard``,
-  and for gated models the adaptive ``joint`` / ``st`` objectives), plus the gate-targeted attack.
+  and for gated models the adaptive ``joint`` / ``st`` objectives), the gate-targeted attack, and
+  the official AutoAttack's APGD-CE and APGD-T (pyautoattack, standard settings; hard and
+  straight-through gate for gated models) with the same budgets as ours (``aa_iter``, ``n_targets``).
 * ``paper``: the columns of the paper's tables: Clean, PGD-10/20/50/100, C&W-inf (PGD on the
   margin loss, 30 steps) and AA, the **official AutoAttack** (package ``pyautoattack``,
   ``version="standard"``: APGD-CE, APGD-T, FAB-T, Square). For AGAIN models the PGD and C&W
@@ -41,6 +43,7 @@ from .attacks import adaptive as A
 from .attacks.apgd import apgd, apgd_targeted
 from .attacks.pgd import fgsm, pgd
 from .errors import ConfigError
+from .gate_diagnostics import describe, gate_diagnostics
 
 SUITES = ("quick", "paper", "full", "aa")
 
@@ -94,6 +97,8 @@ class AttackSpec:
     restarts: int = 1
     n_targets: int = 9
     label: str = ""
+    aa_attacks: tuple[str, ...] = AA.ATTACKS  # kind autoattack: the official attacks that run
+
 
     @property
     def name(self) -> str:
@@ -111,7 +116,7 @@ class AttackSpec:
             s.update(n_iter=self.steps, loss="dlr_targeted", n_targets=self.n_targets)
         elif self.kind == "autoattack":
             s.update(implementation="pyautoattack (official AutoAttack, Croce & Hein 2020)", version="standard",
-                     attacks=list(AA.ATTACKS), gate="straight_through" if self.mode == "st" else "hard",
+                     attacks=list(self.aa_attacks), gate="straight_through" if self.mode == "st" else "hard",
                      run_on="all examples (as RobustBench)")
         return s
 
@@ -142,16 +147,17 @@ def suite_specs(suite: str, model: nn.Module, aa_iter: int = 100, n_targets: int
         for m in which or [primary]:
             specs.append(_named(AttackSpec(column, kind, m, steps, loss, n_targets=n_targets), multi))
 
-    def official() -> None:
+    def official(column: str = "AA", attacks: tuple[str, ...] = AA.ATTACKS) -> None:
         for m in ["standard", "st"] if A.has_gate(model) else ["standard"]:
-            label = f"AA [{'hard' if m == 'standard' else 'st'}]" if A.has_gate(model) else "AA"
-            specs.append(AttackSpec("AA", "autoattack", m, label=label))
+            label = f"{column} [{'hard' if m == 'standard' else 'st'}]" if A.has_gate(model) else column
+            specs.append(AttackSpec(column, "autoattack", m, label=label, aa_attacks=attacks))
 
     if suite == "quick":
         white("APGD", "apgd_ce", aa_iter, which=white_modes)
         white("APGD", "apgd_t", aa_iter, "dlr_t", which=white_modes)
         if "gate" in modes:
             specs.append(_named(AttackSpec("gate", "gate", "gate", 50), multi))
+        official("official APGD", ("apgd-ce", "apgd-t"))
         return specs
     if suite == "aa":
         official()
@@ -215,16 +221,19 @@ def _flag(check: str, passed: bool, detail: str) -> dict[str, Any]:
     return {"check": check, "passed": bool(passed), "detail": detail}
 
 
-def _batched_correct(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-                     batch_size: int, gen: torch.Generator, tick: Callable[[], None]) -> torch.Tensor:
+def _batched_attack(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+                    batch_size: int, gen: torch.Generator, tick: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example correctness after the attack (bool, on the CPU) and the adversarial examples."""
     out = torch.zeros(len(y), dtype=torch.bool)
+    advs = []
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        adv = run_attack(spec, model, xb, yb, eps, norm, gen)
+        adv = run_attack(spec, model, xb, yb, eps, norm, gen).detach()
         with torch.no_grad():
             out[i:i + batch_size] = (model(adv).argmax(1) == yb).cpu()
+        advs.append(adv)
         tick()
-    return out
+    return out, torch.cat(advs) if advs else x[:0]
 
 
 def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, num_classes: int,
@@ -249,7 +258,7 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     acc: dict[str, float] = {}
     ok_all = torch.ones(n, dtype=torch.bool, device=x.device)
     for name, spec, e in runs:
-        ok = _batched_correct(model, spec, x, y, e, norm, batch_size, gen, lambda: bar.update(1))
+        ok = _batched_attack(model, spec, x, y, e, norm, batch_size, gen, lambda: bar.update(1))[0]
         acc[name] = float(ok.float().mean())
         if e == eps:
             ok_all &= ok.to(x.device)
@@ -310,6 +319,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     reduced AutoAttack budget says so in ``autoattack.budget``.
     """
     t0 = time.time()
+    if suite == "quick":  # its official APGD runs and ours share one budget (either way of giving it)
+        if aa_budget is None:
+            budget = {"n_iter": suite_kw.get("aa_iter", 100), "n_targets": suite_kw.get("n_targets", 9)}
+            aa_budget = None if budget == {"n_iter": 100, "n_targets": 9} else budget
+        else:
+            suite_kw.setdefault("aa_iter", aa_budget.get("n_iter", 100))
+            suite_kw.setdefault("n_targets", aa_budget.get("n_targets", 9))
     model.eval()
     dev = _device(model)
     num_classes = int(getattr(model, "num_classes", 0)) or None
@@ -327,16 +343,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     correct: dict[str, torch.Tensor] = {}
     attacks: dict[str, Any] = {}
     aa_runs: list[AA.AutoAttackRun] = []
+    # per clean-correct example: the adversarial example of the first attack that fooled it (else the
+    # first attack's), i.e. the suite's worst case, for the gate diagnostics
+    worst_x: torch.Tensor | None = None
+    fooled = torch.zeros(len(idx), dtype=torch.bool)
     for spec in specs:
         settings = spec.settings(eps, norm)
         if spec.kind == "autoattack":
-            run = AA.run_autoattack(model, x, y, eps, norm, settings["gate"], batch_size, seed, aa_budget)
+            run = AA.run_autoattack(model, x, y, eps, norm, settings["gate"], batch_size, seed, aa_budget,
+                                    attacks=spec.aa_attacks)
             aa_runs.append(run)
-            ok = run.robust[idx.cpu()]
+            ok, adv = run.robust[idx.cpu()], run.x_adv[idx]
             settings.update(after_attack=run.after_attack, seconds=round(run.seconds, 2))
             bar.update(batches)
         else:
-            ok = _batched_correct(model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1))
+            ok, adv = _batched_attack(model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1))
+        if worst_x is None:
+            worst_x = adv.clone()
+        new = ~ok & ~fooled
+        if new.any():
+            worst_x[new.to(worst_x.device)] = adv[new.to(adv.device)].to(worst_x.device)
+        fooled |= ~ok
         correct[spec.name] = ok
         attacks[spec.name] = {"acc": float(ok.sum()) / n, "column": spec.column, "settings": settings}
     bar.close()
@@ -351,6 +378,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     for spec in specs:
         columns.setdefault(spec.column, worst([s.name for s in specs if s.column == spec.column]))
     worst_case = worst(list(correct))
+    robust = torch.zeros(n, dtype=torch.bool)
+    survived = torch.ones(len(idx), dtype=torch.bool)
+    for ok in correct.values():
+        survived &= ok
+    robust[idx.cpu()] = survived
+    bits = lambda v: "".join("1" if b else "0" for b in v.tolist())  # noqa: E731
     result: dict[str, Any] = {
         "data": data or {"n": n},
         "eps": eps,
@@ -360,6 +393,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         "attacks": attacks,
         "columns": columns,
         "worst_case_acc": worst_case,
+        # per image, in order: correct clean / after every attack of the suite (paired comparisons of
+        # models evaluated on the same images, e.g. benchmarks/again_study.py's intervals)
+        "per_example": {"clean": bits(clean_ok), "worst_case": bits(robust)},
     }
     if A.is_again(model) or A.has_gate(model):
         naive = [s.name for s in specs if s.mode == "standard"]
@@ -379,12 +415,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         f2, check_numbers = soundness_checks(model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1,
                                              batch_size, seed, progress=progress)
         flags += f2
+    if A.is_again(model):
+        result["gate"] = gate_diagnostics(model, x, y, worst_x, yc, batch_size, seed)
+        flags.append(_flag("gate_shortcut", not result["gate"]["gate_shortcut"], describe(result["gate"])))
     result["flags"] = flags
     result["checks"] = check_numbers
     result["masking_suspected"] = any(not f["passed"] for f in flags if f["check"] in MASKING_CHECKS)
     result["autoattack"] = None if not aa_runs else {
         "package": "pyautoattack", "version": AA.package_version(), "version_name": "standard",
-        "attacks": list(AA.ATTACKS), "budget": aa_budget or "standard",
+        "attacks": list(aa_runs[0].attacks), "complete": list(aa_runs[0].attacks) == list(AA.ATTACKS),
+        "budget": aa_budget or "standard",
         "runs": {r.gate: {"acc": r.acc, "after_attack": r.after_attack, "seconds": round(r.seconds, 2)}
                  for r in aa_runs},
         "column": "per-example worst case of the runs" if len(aa_runs) > 1 else "the run"}
@@ -452,7 +492,7 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
                        "again": config.get("again"), "recipe": recipe.get("name"), "epoch": config.get("epoch")}
     if write:
         atomic_write_json(wdir / "eval.json", result)
-        if result.get("autoattack"):
+        if "AA" in result["columns"] and result.get("autoattack"):
             atomic_write_json(wdir / ROBUSTBENCH, robustbench_record(result, config))
     return result, wdir
 

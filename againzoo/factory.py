@@ -29,7 +29,7 @@ ZOO = {
     "again_wrn34_10": "wrn34_10",
     "again_vgg16": "vgg16_cifar",
 }
-AGAIN_KWARGS = ("layer", "alpha", "hff", "aux_weight", "layout", "per_sample_gammas")
+AGAIN_KWARGS = ("layer", "alpha", "hff", "aux_weight", "layout", "per_sample_gammas", "gate_source", "detach_gate")
 
 
 def backbone_name(name: str) -> str:

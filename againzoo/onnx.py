@@ -30,6 +30,7 @@ from torch import nn
 from . import __version__
 from .models._base import input_stats
 from .adapter import AgainModel
+from .losses import primary_aux
 from .errors import ConfigError
 from .io import writable_dir
 
@@ -53,6 +54,7 @@ class InferenceGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.with_aux:
             logits, aux = self.model(x, return_aux=True)
+            aux = primary_aux(aux)  # the head whose argmax gates the final features
         else:
             logits, aux = self.model(x), None
         out = torch.softmax(logits, dim=1) if self.with_softmax else logits

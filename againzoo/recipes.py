@@ -58,13 +58,36 @@ class AgainSchedule(Section):
 
 
 class AgainOptions(Section):
+    """AGAIN's options (see :class:`againzoo.adapter.AgainModel` and :mod:`againzoo.ase`).
+
+    The paper's form is the default: one site (the last feature stage), the label-mixed training
+    gate of Eq. 4 (``gate_source: label``), alpha 0.6, HFF, ``aux_weight`` 1. ``layer`` may list
+    several sites (``[layer4.1.conv1:input, layer4]``: the authors' code's two sites, with
+    ``aux_weight: 2``, the mean of the heads' CEs counted twice); ``gate_source: pred`` or ``soft``
+    trains with label-free gates; ``detach_gate`` trains the gate rows by the ASE term only."""
+
     enabled: bool = True
-    layer: Optional[str] = None
+    layer: Optional[Union[str, list[str]]] = None
     alpha: float = Field(0.6, ge=0.5, le=1.0)
     aux_weight: float = Field(1.0, ge=0)
     hff: bool = True
     per_sample_gammas: bool = False
+    gate_source: Literal["label", "pred", "soft"] = "label"
+    detach_gate: bool = False
     schedule: AgainSchedule = AgainSchedule()
+
+    @field_validator("layer")
+    @classmethod
+    def _sites(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("a list of AGAIN sites must be non-empty and name each site once")
+        return v
+
+    def model_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`againzoo.adapter.AgainModel` this section sets."""
+        return {"layer": self.layer, "alpha": self.alpha, "hff": self.hff, "aux_weight": self.aux_weight,
+                "per_sample_gammas": self.per_sample_gammas, "gate_source": self.gate_source,
+                "detach_gate": self.detach_gate}
 
 
 class ModelSection(Section):
@@ -80,6 +103,8 @@ class DataSection(Section):
     download: bool = False
     augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
     val_size: int = Field(1000, ge=0)
+    # train on a fixed random subset of this many images (after the held-out slice): quick studies
+    limit: Optional[int] = Field(None, ge=1)
 
 
 class AttackSection(Section):

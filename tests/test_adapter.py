@@ -4,6 +4,7 @@ import torch
 
 import againzoo
 from againzoo import AgainModel, ConfigError, ShapeError
+from againzoo.errors import UsageError
 from againzoo.losses import joint_loss
 
 from .conftest import tiny
@@ -89,7 +90,7 @@ def test_backbone_keys_unchanged_and_unwrap_restores_bit_identical_outputs():
     assert not torch.equal(m(x), before)
     back = m.unwrap()
     assert back is backbone and torch.equal(back(x), before)
-    with pytest.raises(RuntimeError, match="unwrapped"):
+    with pytest.raises(UsageError, match="unwrapped"):
         m(x)
 
 

@@ -105,7 +105,10 @@ def test_again_model_adaptive_variants_and_gap(tiny_runs, digits_test):
     assert "APGD-CE [joint]" in names and "APGD-CE [standard]" not in names  # our APGD: adaptive objectives only
     r = evaluate(model, x, y, suite="quick", eps=32 / 255, progress=False, checks=False, aa_iter=10, n_targets=2)
     assert set(r["attacks"]) == {"APGD-CE [standard]", "APGD-CE [joint]", "APGD-CE [st]", "APGD-T [standard]",
-                                 "APGD-T [joint]", "APGD-T [st]", "gate [gate]"}
+                                 "APGD-T [joint]", "APGD-T [st]", "gate [gate]", "official APGD [hard]",
+                                 "official APGD [st]"}
+    assert r["autoattack"]["attacks"] == ["apgd-ce", "apgd-t"] and not r["autoattack"]["complete"]
+    assert r["autoattack"]["budget"] == {"n_iter": 10, "n_targets": 2}  # the quick suite's own budgets
     assert r["adaptive_gap"] == pytest.approx(r["non_adaptive_acc"] - r["worst_case_acc"])
     assert r["adaptive_gap"] >= 0
 
@@ -127,9 +130,10 @@ def test_worst_case_never_above_any_single_attack(tiny_runs, digits_test):
 
 
 def test_eval_cli_writes_eval_json(tiny_runs):
-    res = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "--suite", "quick", "-n", "24", "--quiet"])
+    res = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "--suite", "quick", "-n", "24", "--quiet",
+                                   "--aa-budget", "10,2,5"])
     assert res.exit_code == 0, res.output
-    assert "| Clean | APGD | gate | Worst case |" in res.output
+    assert "| Clean | APGD | gate | official APGD | Worst case |" in res.output
     out = json.loads((tiny_runs["again"] / "best" / "eval.json").read_text())
     for key in ("data", "eps", "suite", "attacks", "worst_case_acc", "clean_acc", "flags", "reference", "columns"):
         assert key in out

@@ -46,7 +46,7 @@ def test_every_method_runs_two_steps(name, with_again, use_awp):
         if diff:
             awp.apply(diff, 1.0)
         model.train()
-        loss, logits = method.loss(ctx, model, x, y, x_adv)
+        loss, logits, _ = method.loss(ctx, model, x, y, x_adv)
         opt.zero_grad()
         loss.backward()
         opt.step()

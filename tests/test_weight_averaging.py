@@ -95,7 +95,7 @@ def test_label_smoothing_matches_the_hand_computed_loss():
     assert r.attack.label_smoothing == 0.0  # the attack's loss is not smoothed unless asked
     model = lambda x: logits  # noqa: E731 - the loss sees these logits for any input
     ctx = StepContext(model, r.attack, False, 0.0, 0.0, __import__("contextlib").nullcontext, ls)
-    loss, _ = METHODS["pgd_at"].loss(ctx, model, torch.zeros(6, 3, 4, 4), y, torch.zeros(6, 3, 4, 4))
+    loss = METHODS["pgd_at"].loss(ctx, model, torch.zeros(6, 3, 4, 4), y, torch.zeros(6, 3, 4, 4))[0]
     assert float(loss) == pytest.approx(hand, rel=1e-6)
     plain = float(F.cross_entropy(logits, y))
     assert abs(plain - hand) > 1e-3

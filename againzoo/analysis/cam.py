@@ -91,7 +91,9 @@ def cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, 
     model.eval()
     backbone = _backbone(model)
     if layer is None:
-        layer = model.layer if isinstance(model, AgainModel) else default_layer(backbone)
+        # the primary AGAIN site (when it gates a module's output), else the last feature stage
+        layer = (model.layer if isinstance(model, AgainModel) and ":" not in model.layer
+                 else default_layer(backbone))
     if head == "ase" and not isinstance(model, AgainModel):
         raise ValueError("head='ase' needs an AgainModel")
     layout = model.layout if isinstance(model, AgainModel) else "NCHW"

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..adapter import AgainModel
+from ..losses import Aux, aux_mean, primary_aux
 from . import losses as L
 from .pgd import pgd
 
@@ -44,7 +45,7 @@ def available_modes(model: nn.Module) -> tuple[str, ...]:
     return ("standard",)
 
 
-def forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Aux]:
     if is_again(model):
         return model(x, return_aux=True)
     return model(x), None
@@ -79,7 +80,7 @@ def objective(model: nn.Module, y: torch.Tensor, loss: str, mode: str,
         logits, aux = forward(model, x)
         out = f(logits)
         if mode in ("joint", "st") and aux is not None:
-            out = out + weight * f(aux)
+            out = out + weight * aux_mean(aux, f)
         return out, logits
     return obj
 
@@ -91,15 +92,16 @@ def gate_targeted(model: AgainModel, x: torch.Tensor, y: torch.Tensor, eps: floa
     straight-through gate while keeping the ASE head on ``t``."""
     with torch.no_grad():
         _, aux = model(x, return_aux=True)
-    t = aux.scatter(1, y[:, None], float("-inf")).argmax(1)
+    t = primary_aux(aux).scatter(1, y[:, None], float("-inf")).argmax(1)
+    to_t = lambda a: L.ce_targeted(a, t)  # noqa: E731  (every site's head towards t)
 
     def phase1(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, a = model(z, return_aux=True)
-        return L.ce_targeted(a, t), logits
+        return aux_mean(a, to_t), logits
 
     def phase2(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, a = model(z, return_aux=True)
-        return L.ce(logits, y) + L.ce_targeted(a, t), logits
+        return L.ce(logits, y) + aux_mean(a, to_t), logits
 
     first = steps // 2
     x1 = pgd(phase1, x, eps, step_size, first, norm, random_start=True, generator=generator, y=y)

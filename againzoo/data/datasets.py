@@ -53,6 +53,11 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.y)
 
+    def take(self, idx: np.ndarray, split: str | None = None) -> "ArrayDataset":
+        """The images at ``idx`` (in that order), under ``split`` (default: this one's)."""
+        return ArrayDataset(self.x[idx], self.y[idx], self.classes, self.name, split or self.split, self.source,
+                            self.lossless, self.notes)
+
     def describe(self) -> dict:
         """Plain-data description, stored in metrics and eval.json."""
         return {"name": self.name, "split": self.split, "n": len(self), "source": self.source,

@@ -32,7 +32,7 @@ class AWP:
         self.proxy.load_state_dict(self.model.state_dict())
         self.proxy.train()
         with ctx.autocast():
-            loss, _ = method.loss(ctx, self.proxy, x, y, x_adv)
+            loss = method.loss(ctx, self.proxy, x, y, x_adv)[0]
         self.proxy_opt.zero_grad(set_to_none=True)
         (-loss).backward()
         if self.distributed:

@@ -29,9 +29,12 @@ from torch import nn
 
 from ..adapter import AgainModel
 from ..attacks.pgd import pgd
+from ..losses import Aux, aux_mean
 from ..recipes import AttackSection
 
-Logits = tuple[torch.Tensor, "torch.Tensor | None"]
+Logits = tuple[torch.Tensor, Aux]
+# a method's loss: (loss, main logits, ASE logits or None) of the batch the update is computed on
+LossOut = tuple[torch.Tensor, torch.Tensor, Aux]
 
 
 @dataclass
@@ -54,12 +57,14 @@ class StepContext:
             return model(x, again=False), None
         return model(x), None
 
-    def aux_term(self, aux: torch.Tensor | None, y: torch.Tensor, reduction: str = "mean",
+    def aux_term(self, aux: Aux, y: torch.Tensor, reduction: str = "mean",
                  label_smoothing: float = 0.0) -> torch.Tensor | float:
-        """The ASE term of Eq. 7, ``aux_weight * CE(aux_logits, y)``; 0 without AGAIN."""
+        """The ASE term of Eq. 7, ``aux_weight * CE(aux_logits, y)`` (the mean over the sites' heads);
+        0 without AGAIN."""
         if aux is None or not self.aux_weight:
             return 0.0
-        return self.aux_weight * F.cross_entropy(aux.float(), y, reduction=reduction, label_smoothing=label_smoothing)
+        return self.aux_weight * aux_mean(aux, lambda a: F.cross_entropy(a.float(), y, reduction=reduction,
+                                                                          label_smoothing=label_smoothing))
 
     @contextlib.contextmanager
     def attack_mode(self) -> Iterator[None]:
@@ -106,7 +111,7 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 class Method:
     name: str
     craft: Callable[[StepContext, torch.Tensor, torch.Tensor], torch.Tensor | None]
-    loss: Callable[[StepContext, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], Logits]
+    loss: Callable[[StepContext, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], LossOut]
     default_beta: float = 0.0
 
 
@@ -125,7 +130,7 @@ def _fgsm_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 def _ce_loss(ctx: StepContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None):
     logits, aux = ctx.forward(model, x if x_adv is None else x_adv, y)
     ls = ctx.label_smoothing
-    return F.cross_entropy(logits.float(), y, label_smoothing=ls) + ctx.aux_term(aux, y, label_smoothing=ls), logits
+    return F.cross_entropy(logits.float(), y, label_smoothing=ls) + ctx.aux_term(aux, y, label_smoothing=ls), logits, aux
 
 
 def _trades_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -169,7 +174,7 @@ def _pair_loss(fn: Callable[..., torch.Tensor]):
         nat_logits, _ = ctx.forward(model, x, y)
         adv_logits, aux = ctx.forward(model, x_adv, y)
         ls = ctx.label_smoothing
-        return fn(nat_logits, adv_logits, y, ctx.beta, ls) + ctx.aux_term(aux, y, label_smoothing=ls), adv_logits
+        return fn(nat_logits, adv_logits, y, ctx.beta, ls) + ctx.aux_term(aux, y, label_smoothing=ls), adv_logits, aux
     return loss
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -36,10 +37,12 @@ from ..adapter import AgainModel
 from ..data import NUM_CLASSES, ArrayDataset, TensorLoader, load_dataset
 from ..errors import ConfigError, DataError
 from ..evaluation import accuracy
+from ..gate_diagnostics import gate_figures
 from ..factory import build_model
 from ..hub import model_config, save_pretrained
 from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
+from ..losses import Aux, aux_mean, primary_aux
 from ..recipes import Recipe
 from .awp import AWP
 from . import distributed as dist_mod
@@ -66,9 +69,7 @@ def _split_val(ds: ArrayDataset, n_val: int, seed: int) -> tuple[ArrayDataset, A
     if n_val >= len(ds):
         raise ConfigError(f"data.val_size={n_val} leaves no training data ({len(ds)} images)")
     order = np.random.default_rng(seed).permutation(len(ds))
-    tr, va = np.sort(order[n_val:]), np.sort(order[:n_val])
-    mk = lambda idx, split: ArrayDataset(ds.x[idx], ds.y[idx], ds.classes, ds.name, split, ds.source, ds.lossless, ds.notes)
-    return mk(tr, "train"), mk(va, "val")
+    return ds.take(np.sort(order[n_val:]), "train"), ds.take(np.sort(order[:n_val]), "val")
 
 
 def _to_tensor(ds: ArrayDataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +90,7 @@ def _model_args(recipe: Recipe, train: ArrayDataset) -> dict[str, Any]:
 
 def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> torch.nn.Module:
     a = recipe.model.again
-    again = None
-    if a.enabled:
-        again = {"layer": a.layer, "alpha": a.alpha, "hff": a.hff, "aux_weight": a.aux_weight,
-                 "per_sample_gammas": a.per_sample_gammas}
+    again = a.model_options() if a.enabled else None
     return build_model(recipe.model.arch, num_classes, again, **model_args)
 
 
@@ -170,9 +168,10 @@ def make_ema(recipe: Recipe, model: torch.nn.Module) -> ModelEmaV3 | None:
 
 def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, awp: AWP | None = None, ema: ModelEmaV3 | None = None,
-               step: int | None = None, ddp: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               step: int | None = None, ddp: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, Aux]:
     """One optimisation step: craft, (AWP perturb), loss, backward, step, (AWP restore), (EMA
-    update number ``step``, 1-based). ``ddp``: the loss runs through this
+    update number ``step``, 1-based); returns the loss, the logits and the ASE logits (or None) of
+    the batch the update used, detached. ``ddp``: the loss runs through this
     ``DistributedDataParallel(DDPLoss(model))`` (gradients averaged over ranks), and rank 0's
     buffers are everyone's after the step (so the weight averages stay identical)."""
     model = ctx.model
@@ -183,9 +182,9 @@ def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimize
     model.train()
     with ctx.autocast():
         if ddp is None:
-            loss, logits = method.loss(ctx, model, x, y, x_adv)
+            loss, logits, aux = method.loss(ctx, model, x, y, x_adv)
         else:
-            loss, logits = ddp(lambda m: method.loss(ctx, m, x, y, x_adv))
+            loss, logits, aux = ddp(lambda m: method.loss(ctx, m, x, y, x_adv))
     optimizer.zero_grad(set_to_none=False)  # see make_optimizer
     loss.backward()
     optimizer.step()
@@ -195,7 +194,39 @@ def train_step(ctx: StepContext, method: Method, optimizer: torch.optim.Optimize
         dist_mod.broadcast_buffers(model)
     if ema is not None:
         ema.update(model, step=step)
-    return loss.detach(), logits.detach()
+    aux = None if aux is None else (aux.detach() if isinstance(aux, torch.Tensor) else tuple(a.detach() for a in aux))
+    return loss.detach(), logits.detach(), aux
+
+
+class GateLog:
+    """Per-epoch figures of the batches trained with AGAIN, accumulated on the device (no host sync
+    per step): the main CE, the ASE CE (mean over the sites), the ASE head's accuracy and how often
+    the prediction agrees with the class whose row dominates the training gate (the label for the
+    paper's gate, the ASE head's argmax for the label-free ones). A final classifier that copies its
+    gate shows ``gate_agree`` near 1 while held-out accuracy stays low."""
+
+    KEYS = ("main_ce", "ase_ce", "ase_acc", "gate_agree")
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(self.KEYS), device=device, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, logits: torch.Tensor, aux: Aux, y: torch.Tensor, label_gate: bool) -> None:
+        head = primary_aux(aux)
+        if head is None:
+            return
+        logits, head = logits.float(), head.float()
+        gate_class = y if label_gate else head.argmax(1)
+        pred = logits.argmax(1)
+        ase_ce = aux_mean(aux, lambda a: F.cross_entropy(a.float(), y, reduction="sum"))
+        self.sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), ase_ce,
+                                  (head.argmax(1) == y).sum(), (pred == gate_class).sum()]).double()
+        self.n += len(y)
+
+    def row(self, env: dist_mod.DistEnv, dev: torch.device) -> dict[str, float]:
+        totals = dist_mod.all_reduce_sum([float(v) for v in self.sums] + [self.n], dev)
+        n = totals[-1]
+        return {f"train_{k}": (v / n if n else None) for k, v in zip(self.KEYS, totals)}
 
 
 def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None = None, device: str | None = None,
@@ -225,6 +256,8 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     d = recipe.data
     full = load_dataset(d.dataset, "train", d.data_dir, d.source, d.download)
     train_ds, val_ds = _split_val(full, d.val_size, recipe.seed)
+    if d.limit is not None and d.limit < len(train_ds):  # a fixed random subset (by the seed)
+        train_ds = train_ds.take(np.sort(np.random.default_rng(recipe.seed + 1).permutation(len(train_ds))[:d.limit]))
     try:
         test_ds: ArrayDataset | None = load_dataset(d.dataset, "test", d.data_dir, d.source, d.download)
     except DataError:
@@ -272,6 +305,7 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
     ema = make_ema(recipe, model)
     rng = random.Random(recipe.seed)  # the AGAIN draws: the same on every rank
     again_on = isinstance(model, AgainModel)
+    label_gate = again_on and model.gate_source == "label"
     ddp = dist_mod.wrap(model, dev, find_unused=again_on) if env.distributed else None
     label_names = list(full.classes)
     weights = ({"kind": "ema", **recipe.ema.model_dump(), "implementation": "timm.utils.ModelEmaV3"}
@@ -318,6 +352,7 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev)
         seen, again_batches, t0, window_t, window_n = 0, 0, time.time(), time.time(), 0
+        gate_log = GateLog(dev) if again_on else None
         for i, (x, y) in enumerate(loader):
             step = counters["step"]
             for g in optimizer.param_groups:
@@ -327,7 +362,9 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
             ctx = StepContext(model, recipe.attack, again, recipe.model.again.aux_weight,
                               recipe.method.beta if recipe.method.beta is not None else method.default_beta, setup.autocast,
                               recipe.method.label_smoothing)
-            loss, logits = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1, ddp)
+            loss, logits, aux = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1, ddp)
+            if gate_log is not None and again:
+                gate_log.add(logits, aux, y, label_gate)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -348,6 +385,8 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
                                "images_per_s": round(seen / max(train_time, 1e-9), 1)}
         if env.distributed:
             row["world_size"] = env.world_size
+        if gate_log is not None:
+            row.update(gate_log.row(env, dev))
         if (epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.epochs:
             row.update(_monitor(published, model if ema is not None else None, monitor, eps, recipe.eval.attack_steps,
                                 epoch, env, dev))
@@ -385,9 +424,20 @@ def _monitor(published: torch.nn.Module, raw: torch.nn.Module | None,
             names += [f"{prefix}{split}_clean_acc", f"{prefix}{split}_robust_acc", f"{prefix}{split}_n"]
             counts += [accuracy(net, x, y) * len(y), accuracy(net, x, y, eps=eps, steps=steps, seed=epoch) * len(y),
                        len(y)]
+    gate_keys = ("ase_acc", "oracle_acc", "follows_wrong")
+    held_out = monitor.get("val") or monitor.get("test")
+    gated = isinstance(published, AgainModel) and held_out is not None
+    if gated:  # is the classifier copying its gate? (againzoo.gate_diagnostics, clean held-out images)
+        x, y = held_out[0][env.rank::env.world_size], held_out[1][env.rank::env.world_size]
+        g = gate_figures(published, x, y, seed=epoch)
+        counts += [g[k] * len(y) for k in gate_keys] + [len(y)]
     counts = dist_mod.all_reduce_sum(counts, dev)
     out = {}
     for i in range(0, len(names), 3):
         out[names[i]] = counts[i] / max(1.0, counts[i + 2])
         out[names[i + 1]] = counts[i + 1] / max(1.0, counts[i + 2])
+    if gated:
+        split = "val" if monitor.get("val") is not None else "test"
+        tail, n = counts[len(names):-1], max(1.0, counts[-1])
+        out.update({f"{split}_gate_{k}": v / n for k, v in zip(gate_keys, tail)})
     return out

@@ -1,0 +1,256 @@
+"""The AGAIN study: which AGAIN variant, if any, beats its twin without AGAIN, with a classifier that
+reads the image rather than copying its gate?
+
+Trains every variant (``--set`` overrides of one base recipe) and the twin (the same recipe with
+``model.again.enabled=false``) with the same budget and seeds, evaluates the final weights of each
+with the ``quick`` suite (our APGD-CE / APGD-T on the plain, joint and straight-through objectives,
+the gate-targeted attack, and the official APGD-CE / APGD-T with the hard and the straight-through
+gate) on the first ``--n`` lossless test images, and reads the ``gate`` block of each eval.json
+(``againzoo.gate_diagnostics``). Prints a Markdown table, writes JSON, and with ``--results`` puts
+the table into ``benchmarks/RESULTS.md`` between the study's markers.
+
+Intervals: 95% paired bootstrap over the test images (2,000 resamples; every model is evaluated
+on the same images, the seeds averaged per image), for each variant's adaptive worst case and for
+its difference from the twin. They cover the choice of test images, not the training seeds: the
+per-seed numbers stand beside them. A difference is called only when its interval excludes 0.
+
+Resumable: a finished training or evaluation is reused, an interrupted training resumes.
+
+    python benchmarks/again_study.py --data-dir ../shared/data --results benchmarks/RESULTS.md   # ~2 h on 2 cores
+    python benchmarks/again_study.py --tiny            # the CI size: digits, width 4, 1 epoch
+    python benchmarks/again_study.py --device cuda --set model.kwargs.width=64 --set data.limit=null ...  # needs a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "twin": ("PGD-AT without AGAIN (the same recipe, model.again.enabled=false)", ["model.again.enabled=false"]),
+    "paper": ("the paper's AGAIN: one site at the last stage, label-mixed training gate (Eq. 4), alpha 0.6, HFF", []),
+    "authors": ("the authors' code: sites on the last block's residual branch and the last stage, CE + 2 x mean "
+                "ASE CE, no HFF, AGAIN on every batch",
+                ["model.again.layer=[last_branch, last_stage]", "model.again.aux_weight=2", "model.again.hff=false",
+                 "model.again.schedule.start=1", "model.again.schedule.ramp_epochs=0"]),
+    "branch": ("one site on the last block's residual branch (shortcut untouched), label-mixed gate",
+               ["model.again.layer=last_branch"]),
+    "detach": ("the paper's, gate rows trained by the ASE term only (detached from the main loss)",
+               ["model.again.detach_gate=true"]),
+    "pred": ("label-free: the ASE head's own argmax gates in training too (alpha 1)",
+             ["model.again.gate_source=pred", "model.again.alpha=1.0"]),
+    "soft": ("label-free, CIFS-like: softmax(ASE logits) @ W gates in training and at inference (alpha 1)",
+             ["model.again.gate_source=soft", "model.again.alpha=1.0"]),
+    "soft_mix": ("soft, mixed 0.6 / 0.4 with a random class's row (Eq. 4's mix without labels)",
+                 ["model.again.gate_source=soft", "model.again.alpha=0.6"]),
+}
+TINY = ["data.dataset=digits", "data.limit=null", "model.kwargs.width=4", "epochs=1", "data.val_size=100",
+        "eval.n_val=40", "attack.steps=2", "eval.attack_steps=2", "log_every=1000"]
+BEGIN, END = "<!-- again-study:begin -->", "<!-- again-study:end -->"
+
+
+def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or reuse / resume) and evaluate one (variant, seed); return what the table needs."""
+    from againzoo import recipes
+    from againzoo.evaluation import evaluate_checkpoint
+    from againzoo.io import read_jsonl
+    from againzoo.training import train
+
+    overrides = [f"output_dir={out / f'{variant}_s{seed}'}", f"seed={seed}", *args.set, *VARIANTS[variant][1]]
+    rec = recipes.load(recipe, overrides)
+    run_dir = Path(rec.output_dir) / rec.name
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    if len(rows) < rec.epochs:
+        resume = run_dir if (run_dir / "recipe.yaml").exists() else None
+        train(rec if resume is None else None, resume=resume, device=args.device, data_dir=args.data_dir,
+              progress=not args.quiet)
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+    if (run_dir / "eval.json").exists():
+        result = json.loads((run_dir / "eval.json").read_text())
+    else:
+        result, _ = evaluate_checkpoint(str(run_dir), "quick", args.data_dir, args.n, device=args.device,
+                                        which="last", progress=not args.quiet, checks=False, aa_iter=args.aa_iter,
+                                        n_targets=args.n_targets)
+    last = rows[-1]
+    out_row = {"variant": variant, "seed": seed, "run_dir": str(run_dir), "clean": result["clean_acc"],
+               "worst_case": result["worst_case_acc"], "columns": result["columns"],
+               "train_seconds": round(sum(r.get("train_time_s", 0.0) for r in rows), 1),
+               "per_example": result["per_example"], "n": result["data"]["n"], "data": result["data"],
+               "final_train": {k: last.get(k) for k in ("train_adv_acc", "train_gate_agree", "train_ase_acc",
+                                                        "val_gate_follows_wrong")}}
+    if result.get("gate"):
+        g = result["gate"]
+        out_row["gate"] = {"shortcut": g["gate_shortcut"], "clean": g["clean"], "adversarial": g.get("adversarial")}
+    return out_row
+
+
+def bootstrap(per_model: list[np.ndarray], twin: list[np.ndarray] | None, reps: int = 2000,
+              seed: int = 0) -> dict[str, Any]:
+    """Mean over seeds and images, with a 95% bootstrap interval over the images; the same for the
+    difference from the twin (paired: the same resampled images for both)."""
+    rng = np.random.default_rng(seed)
+    a = np.mean(per_model, axis=0)  # per image: the share of seeds that got it right
+    n = len(a)
+    idx = rng.integers(0, n, (reps, n))
+    out: dict[str, Any] = {"mean": float(a.mean()), "ci": [float(v) for v in np.percentile(a[idx].mean(1), [2.5, 97.5])]}
+    if twin is not None:
+        d = a - np.mean(twin, axis=0)
+        out["diff"] = float(d.mean())
+        out["diff_ci"] = [float(v) for v in np.percentile(d[idx].mean(1), [2.5, 97.5])]
+    return out
+
+
+def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    bits = lambda s: np.frombuffer(s.encode(), dtype=np.uint8) - ord("0")  # noqa: E731
+    by = {v: [r for r in runs if r["variant"] == v] for v in variants}
+    twin = [bits(r["per_example"]["worst_case"]) for r in by.get("twin", [])] or None
+    rows = []
+    for v in variants:
+        rs = by[v]
+        if not rs:
+            continue
+        worst = bootstrap([bits(r["per_example"]["worst_case"]) for r in rs], None if v == "twin" else twin)
+        clean = bootstrap([bits(r["per_example"]["clean"]) for r in rs], None)
+        gates = [r["gate"] for r in rs if r.get("gate")]
+        mean = lambda key, part="clean": (float(np.mean([g[part][key] for g in gates if g.get(part)]))  # noqa: E731
+                                          if any(g.get(part) for g in gates) else None)
+        rows.append({"variant": v, "description": VARIANTS[v][0], "seeds": [r["seed"] for r in rs],
+                     "clean": clean, "worst_case": worst,
+                     "per_seed": {"clean": [r["clean"] for r in rs], "worst_case": [r["worst_case"] for r in rs]},
+                     "gate": None if not gates else {
+                         "shortcut_seeds": sum(g["shortcut"] for g in gates), "ase_acc": mean("ase_acc"),
+                         "oracle_acc": mean("oracle_acc"), "wrong_acc": mean("wrong_acc"),
+                         "follows_wrong": mean("follows_wrong"), "ase_acc_adversarial": mean("ase_acc", "adversarial"),
+                         "agree": mean("agree")},
+                     "train_seconds": float(np.mean([r["train_seconds"] for r in rs]))})
+    return {"rows": rows, "verdict": verdict(rows)}
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The zoo's choice: the AGAIN variant with the highest adaptive worst case that no seed flags
+    ``gate_shortcut``; whether it beats the twin beyond the interval."""
+    twin = next((r for r in rows if r["variant"] == "twin"), None)
+    sound = [r for r in rows if r["variant"] != "twin" and r["gate"] and r["gate"]["shortcut_seeds"] == 0]
+    flagged = [r["variant"] for r in rows if r["variant"] != "twin" and r["gate"] and r["gate"]["shortcut_seeds"]]
+    if not sound:
+        return {"choice": "twin" if twin else None, "flagged": flagged,
+                "text": "Every AGAIN variant is flagged gate_shortcut: none is a model to publish; the twin without "
+                        "AGAIN is the recommendation."}
+    best = max(sound, key=lambda r: r["worst_case"]["mean"])
+    out = {"choice": best["variant"], "flagged": flagged}
+    if twin is None:
+        out["text"] = f"Best sound AGAIN variant: {best['variant']} (no twin in this study to compare with)."
+        return out
+    lo, hi = best["worst_case"]["diff_ci"]
+    d = 100 * best["worst_case"]["diff"]
+    if lo > 0:
+        out["beats_twin"] = True
+        out["text"] = (f"{best['variant']} beats the twin by {d:+.1f} points of adaptive worst case "
+                       f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}): it is the zoo's AGAIN recipe.")
+    else:
+        out["beats_twin"] = False
+        out["choice_for_zoo"] = best["variant"]
+        out["text"] = (f"No AGAIN variant beats the twin beyond the interval: the best sound one, {best['variant']}, "
+                       f"differs by {d:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}). The twin without "
+                       f"AGAIN is the zoo's recommended model; {best['variant']} is the AGAIN recipe kept for the pair.")
+    return out
+
+
+def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| variant | clean | adaptive worst case [95% CI] | per seed | vs twin, points [95% CI] | ASE head | "
+             "true-label gate | wrong-label gate: acc / followed | shortcut (seeds) | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        w, g = r["worst_case"], r["gate"] or {}
+        diff = "-" if "diff" not in w else (f"{100 * w['diff']:+.1f} [{100 * w['diff_ci'][0]:+.1f}, "
+                                           f"{100 * w['diff_ci'][1]:+.1f}]")
+        shortcut = "-" if not g else f"{'**yes**' if g['shortcut_seeds'] else 'no'} ({g['shortcut_seeds']}/{len(r['seeds'])})"
+        lines.append(
+            f"| `{r['variant']}` | {pct(r['clean']['mean'])} | **{pct(w['mean'])}** [{pct(w['ci'][0])}, {pct(w['ci'][1])}] | "
+            f"{' / '.join(pct(v) for v in r['per_seed']['worst_case'])} | {diff} | {pct(g.get('ase_acc'))} | "
+            f"{pct(g.get('oracle_acc'))} | {pct(g.get('wrong_acc'))} / {pct(g.get('follows_wrong'))} | {shortcut} | "
+            f"{r['train_seconds']:.0f} |")
+    lines += ["", "Variants: " + "; ".join(f"`{r['variant']}`: {r['description']}" for r in summary["rows"]) + ".",
+              "", f"**Verdict.** {summary['verdict']['text']}", "",
+              f"Setting: recipe `{config['recipe']}` with {config['set'] or 'no extra overrides'}, seeds "
+              f"{config['seeds']}, quick suite (our APGD-CE/APGD-T {config['aa_iter']} iterations, {config['n_targets']} "
+              f"targets, plain/joint/straight-through objectives, gate-targeted attack, official APGD-CE/APGD-T with the "
+              f"hard and the straight-through gate) on {config['n']} test images ({config['data']}), final weights; "
+              f"gate figures on the clean images; {config['device']}, torch {config['torch']}, {config['date']}. "
+              f"Reproduce: `{config['command']}`."]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, table: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{table}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## The AGAIN study\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="cifar10_resnet18w8_again_study_cpu", help="the base recipe (AGAIN, paper form)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--set", action="append", default=[], help="an override for every run (key.path=value)")
+    p.add_argument("--n", type=int, default=500, help="test images")
+    p.add_argument("--aa-iter", type=int, default=20, help="APGD iterations (ours and the official)")
+    p.add_argument("--n-targets", type=int, default=3, help="APGD-T target classes (ours and the official)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="runs/again_study", help="where the runs go")
+    p.add_argument("--json", default="benchmarks/again_study.json")
+    p.add_argument("--results", default=None, help="put the table into this Markdown file (benchmarks/RESULTS.md)")
+    p.add_argument("--tiny", action="store_true", help="the CI size: digits, width 4, one epoch, a few images")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if args.tiny:
+        args.set = TINY + args.set
+    import torch
+
+    from againzoo import __version__
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    runs = []
+    t0 = time.time()
+    for seed in seeds:
+        for v in variants:
+            t = time.time()
+            r = run_one(args.recipe, out, v, seed, args)
+            runs.append(r)
+            g = r.get("gate")
+            print(f"{v} seed {seed}: clean {100 * r['clean']:.1f}, worst case {100 * r['worst_case']:.1f}"
+                  + (f", follows a wrong gate {100 * g['clean']['follows_wrong']:.1f}%" if g else "")
+                  + f" ({time.time() - t:.0f} s)", flush=True)
+    summary = summarise(runs, variants)
+    config = {"recipe": args.recipe, "set": args.set, "seeds": seeds, "n": runs[0]["n"] if runs else 0,
+              "aa_iter": args.aa_iter, "n_targets": args.n_targets, "device": args.device or "auto",
+              "data": runs[0]["data"].get("evaluated", "") if runs else "", "torch": torch.__version__,
+              "againzoo": __version__, "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
+              "command": " ".join(["python benchmarks/again_study.py"] + sys.argv[1:])}
+    table = markdown(summary, config)
+    print(table)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"config": config, **summary, "runs": runs}, indent=1) + "\n")
+    if args.results:
+        write_results(Path(args.results), table)
+
+
+if __name__ == "__main__":
+    main()
