@@ -10,11 +10,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
-from . import __version__
+from .version import __version__
 from .errors import ConfigError, UserError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -80,6 +80,42 @@ def user_errors(fn: Callable) -> Callable:
 AA_BUDGET_HELP = ("a reduced official AutoAttack budget for quick checks, N_ITER,N_TARGETS,N_QUERIES "
                   "(e.g. 5,2,10); results say REDUCED and are not comparable with leaderboards")
 
+# -- one vocabulary: the same idea is spelled the same way in every command (tests/test_cli_conventions.py) --
+VOCABULARY = {"output": ("--output", "-o"), "n_examples": ("--n-examples", "-n"), "data_dir": ("--data-dir",),
+              "device": ("--device",), "quiet": ("--quiet", "-q"), "as_json": ("--json",),
+              "batch_size": ("--batch-size",), "set_": ("--set",), "eps": ("--eps",)}
+# old spellings still accepted for one release, with a note on stderr
+DEPRECATED = {"--out": "--output"}
+
+
+def output_option(default: Any, help: str) -> Any:
+    return typer.Option(default, *VOCABULARY["output"], help=help)
+
+
+def n_examples_option(default: int, help: str = "number of test images") -> Any:
+    return typer.Option(default, *VOCABULARY["n_examples"], min=1, help=help)
+
+
+def data_dir_option(help: str = "dataset folder (default: the recipe's, then $AGAINZOO_DATA)") -> Any:
+    return typer.Option(None, *VOCABULARY["data_dir"], help=help)
+
+
+DEVICE_OPTION = typer.Option("auto", *VOCABULARY["device"], help="cpu, cuda, cuda:N or auto")
+QUIET_OPTION = typer.Option(False, *VOCABULARY["quiet"], help="no progress bars (the global -q also silences logs)")
+
+
+def deprecated_out_option() -> Any:
+    return typer.Option(None, "--out", hidden=True, help="deprecated spelling of --output")
+
+
+def _renamed(new: Any, old: Any, old_flag: str) -> Any:
+    """The value of a renamed option: the old spelling wins when given, with a deprecation note."""
+    if old is None:
+        return new
+    typer.echo(f"note: {old_flag} is deprecated and will be removed in the next release; use {DEPRECATED[old_flag]}",
+               err=True)
+    return old
+
 
 def parse_aa_budget(text: str | None) -> dict[str, dict[str, int]]:
     """``--aa-budget 5,2,10`` -> ``{"aa_budget": {"n_iter": 5, "n_targets": 2, "n_queries": 10}}``."""
@@ -103,7 +139,7 @@ def require_extra(extra: str, modules: tuple[str, ...]) -> None:
 def _cpu_job(device: str) -> None:
     """Before a CPU job: intra-op threads only on the idle cores (againzoo/cpu.py)."""
     from .cpu import configure_threads
-    from .training.trainer import resolve_device
+    from .runtime import resolve_device
 
     if resolve_device(device).type == "cpu":
         note = configure_threads()
@@ -116,10 +152,10 @@ def _cpu_job(device: str) -> None:
 def train(
     recipe: Optional[str] = typer.Argument(None, help="recipe YAML file or shipped recipe name (see `againzoo recipes`)"),
     set_: List[str] = typer.Option([], "--set", help="override a recipe key: --set attack.steps=5"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset folder (default: recipe, then $AGAINZOO_DATA)"),
+    data_dir: Optional[str] = data_dir_option(),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory"),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train a recipe; writes a run directory (checkpoints, metrics.jsonl, curves.png)."""
     from .training import train as train_fn
@@ -137,16 +173,16 @@ def eval_cmd(
     source: str = typer.Argument(..., help="run directory (its best/ checkpoint by default) or checkpoint dir"),
     suite: str = typer.Option("quick", "--suite", help="quick, paper, full, or aa (RobustBench's protocol: "
                               "the official standard AutoAttack only)"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-    n_examples: int = typer.Option(1000, "--n-examples", "-n"),
+    data_dir: Optional[str] = data_dir_option(),
+    n_examples: int = n_examples_option(1000),
     eps: Optional[str] = typer.Option(None, "--eps", help="budget, e.g. 8/255 (default: the training recipe's)"),
     split: Optional[str] = typer.Option(None, "--split", help="test or test_lossless (default: lossless if available)"),
     last: bool = typer.Option(False, "--last", help="evaluate the last epoch instead of best/"),
-    device: str = typer.Option("auto", "--device"),
-    batch_size: int = typer.Option(256, "--batch-size"),
+    device: str = DEVICE_OPTION,
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="batch of the attacks"),
     aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the eval.json result instead of the table"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
     from .evaluation import evaluate_checkpoint, markdown_table
@@ -210,7 +246,7 @@ def push(
 @user_errors
 def card(
     run_dirs: List[Path] = typer.Argument(..., help="evaluated run directories"),
-    output: Path = typer.Option(Path("MODEL_CARD.md"), "--output", "-o"),
+    output: Path = output_option(Path("MODEL_CARD.md"), "the Markdown file to write"),
     readme: bool = typer.Option(False, "--readme", help="also write each checkpoint's Hub README.md"),
 ) -> None:
     """Regenerate MODEL_CARD.md (and optionally per-checkpoint README.md cards) from run dirs."""
@@ -230,12 +266,12 @@ def card(
 @user_errors
 def export(
     source: str = typer.Argument(..., help="run directory (its best/), checkpoint dir or Hub repo id"),
-    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    output: Path = output_option(..., "the .onnx file to write"),
     opset: int = typer.Option(18, "--opset"),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size"),
     with_softmax: bool = typer.Option(False, "--with-softmax", help="output probabilities instead of logits"),
     with_aux: bool = typer.Option(False, "--with-aux", help="also output the ASE head's logits"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="for the real-image parity check"),
+    data_dir: Optional[str] = data_dir_option("dataset folder for the real-image parity check"),
 ) -> None:
     """Export the inference path to ONNX and verify onnxruntime against PyTorch (fails on mismatch)."""
     require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
@@ -255,28 +291,32 @@ def export(
 
 analyze_app = typer.Typer(no_args_is_help=True, help="Attribution-span analysis: PNG figures + analysis.json.")
 app.add_typer(analyze_app, name="analyze")
-OUT = typer.Option(Path("analysis"), "--out", "-o", help="output folder (analysis.json is merged)")
-DATA = typer.Option(None, "--data-dir")
+OUT = output_option(Path("analysis"), "output folder (analysis.json is merged)")
+OUT_OLD = deprecated_out_option()
+DATA = data_dir_option()
 
 
 @analyze_app.command("cam")
 @user_errors
-def analyze_cam(run: Path, n: int = typer.Option(8, "-n"), out: Path = OUT, data_dir: Optional[str] = DATA) -> None:
+def analyze_cam(run: Path, n: int = n_examples_option(8, "number of images"), out: Path = OUT,
+                data_dir: Optional[str] = DATA, out_old: Optional[Path] = OUT_OLD) -> None:
     """CAM maps (Eq. 1) of the main head and, for AGAIN models, the ASE head."""
     from .analysis import run_cam
 
+    out = _renamed(out, out_old, "--out")
     r = run_cam(run, out, n, data_dir)
     typer.echo(f"{r['main_method']} at layer {r['layer']}; wrote {r['png']} and {out / 'analysis.json'}")
 
 
 @analyze_app.command("asc")
 @user_errors
-def analyze_asc(run_a: Path, run_b: Path, n: int = typer.Option(1000, "-n"),
+def analyze_asc(run_a: Path, run_b: Path, n: int = n_examples_option(1000, "number of images"),
                 lam: float = typer.Option(0.5, "--lambda", help="threshold of Eq. 2"), out: Path = OUT,
-                data_dir: Optional[str] = DATA) -> None:
+                data_dir: Optional[str] = DATA, out_old: Optional[Path] = OUT_OLD) -> None:
     """Attribution Span Coverage (Eq. 2) of two models; share of images where A's ASC is larger."""
     from .analysis import run_asc
 
+    out = _renamed(out, out_old, "--out")
     r = run_asc(run_a, run_b, out, n, lam, data_dir)
     typer.echo(f"ASC (lambda={lam}) on {r['n']} images: mean A {r['mean_a']:.4f}, mean B {r['mean_b']:.4f}; "
                f"A > B on {100 * r['share_a_greater']:.2f}% of images; wrote {r['png']}")
@@ -284,12 +324,14 @@ def analyze_asc(run_a: Path, run_b: Path, n: int = typer.Option(1000, "-n"),
 
 @analyze_app.command("corruption")
 @user_errors
-def analyze_corruption(standard_run: Path, robust_run: Path, n: int = typer.Option(1000, "-n"),
-                       lam: float = typer.Option(0.5, "--lambda"), eps: Optional[float] = typer.Option(None, "--eps"),
-                       out: Path = OUT, data_dir: Optional[str] = DATA) -> None:
+def analyze_corruption(standard_run: Path, robust_run: Path, n: int = n_examples_option(1000, "number of images"),
+                       lam: float = typer.Option(0.5, "--lambda", help="threshold of Eq. 2"),
+                       eps: Optional[float] = typer.Option(None, "--eps"), out: Path = OUT,
+                       data_dir: Optional[str] = DATA, out_old: Optional[Path] = OUT_OLD) -> None:
     """Table 1: accuracy on original/corrupted clean and adversarial data."""
     from .analysis import run_corruption
 
+    out = _renamed(out, out_old, "--out")
     r = run_corruption(standard_run, robust_run, out, n, lam, eps, data_dir)
     typer.echo(f"{r['n_used']} of {r['n_total']} images classified correctly by both models")
     for name in ("standard", "robust"):
@@ -302,11 +344,13 @@ def analyze_corruption(standard_run: Path, robust_run: Path, n: int = typer.Opti
 
 @analyze_app.command("embedding")
 @user_errors
-def analyze_embedding(runs: List[Path], n: int = typer.Option(500, "-n"), eps: Optional[float] = typer.Option(None, "--eps"),
-                      out: Path = OUT, data_dir: Optional[str] = DATA) -> None:
+def analyze_embedding(runs: List[Path], n: int = n_examples_option(500, "number of images"),
+                      eps: Optional[float] = typer.Option(None, "--eps"), out: Path = OUT,
+                      data_dir: Optional[str] = DATA, out_old: Optional[Path] = OUT_OLD) -> None:
     """Figure 4: t-SNE of penultimate features, clean and adversarial, with a compactness score."""
     from .analysis import run_embedding
 
+    out = _renamed(out, out_old, "--out")
     r = run_embedding(list(runs), out, n, eps, data_dir)
     for name, v in r["runs"].items():
         typer.echo(f"{name}: compactness clean {v['compactness_clean']:.4f}, adversarial {v['compactness_adversarial']:.4f}")
@@ -315,10 +359,11 @@ def analyze_embedding(runs: List[Path], n: int = typer.Option(500, "-n"), eps: O
 
 @analyze_app.command("curves")
 @user_errors
-def analyze_curves(runs: List[Path], out: Path = OUT) -> None:
+def analyze_curves(runs: List[Path], out: Path = OUT, out_old: Optional[Path] = OUT_OLD) -> None:
     """Figure 3: generalisation gaps from metrics.jsonl."""
     from .analysis import run_curves
 
+    out = _renamed(out, out_old, "--out")
     r = run_curves(list(runs), out)
     for name, v in r["runs"].items():
         typer.echo(f"{name}: final standard gap {100 * v['final_standard_gap']:.2f} points, "
@@ -336,19 +381,19 @@ def zoo_build(
     ids: List[str] = typer.Argument(None, help="zoo entries to build (default: all: again_resnet18 resnet18_cifar)"),
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="size the epochs (or skip entries) "
                                                    "to finish inside this many minutes, from a measured throughput"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-    device: str = typer.Option("auto", "--device"),
+    data_dir: Optional[str] = data_dir_option(),
+    device: str = DEVICE_OPTION,
     work_dir: Path = typer.Option(Path("runs/zoo"), "--work-dir", help="run directories and manifest.json"),
     zoo_dir: Path = typer.Option(Path("zoo"), "--zoo-dir", help="where zoo/<id>/ is written"),
     card: Path = typer.Option(Path("MODEL_CARD.md"), "--card"),
     set_: List[str] = typer.Option([], "--set", help="override a key of every recipe: --set epochs=2"),
-    n_examples: int = typer.Option(1000, "--n-examples", "-n"),
+    n_examples: int = n_examples_option(1000, "test images of each evaluation"),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size", help="batch of the evaluation's attacks"),
     aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     parts_dir: Optional[Path] = typer.Option(None, "--parts-dir", help="also write each finished entry as a tar "
                                              "in parts here (with the registry, card and manifest)"),
     split_mb: float = typer.Option(16, "--split-mb", help="largest part, MiB"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train, publish (fp16), evaluate the published weights, register and re-card the zoo's models."""
     from .zoo import build

@@ -37,50 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from .version import __version__
 from . import autoattack as AA
 from .attacks import adaptive as A
 from .attacks.apgd import apgd, apgd_targeted
 from .attacks.pgd import fgsm, pgd
 from .errors import ConfigError
 from .gate_diagnostics import describe, gate_diagnostics
+from .runtime import model_device, resolve_device
 
 SUITES = ("quick", "paper", "full", "aa")
-
-
-# -- small helpers used by training too ------------------------------------------------------
-
-def joint_ce(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Per-example CE of the main logits, plus the ASE term for AGAIN models (Eq. 7)."""
-    obj = A.objective(model, y, "ce", "joint")
-    return lambda x: obj(x)[0]
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-             eps: float = 0.0, steps: int = 10, step_size: float | None = None, seed: int = 0) -> float:
-    """Clean accuracy (``eps == 0``) or PGD-``steps`` robust accuracy (L-inf, random start,
-    joint loss for AGAIN models), in eval mode and fp32. Returns a fraction in [0, 1]."""
-    was = model.training
-    model.eval()
-    dev = _device(model)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    correct = 0
-    try:
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-            if eps > 0:
-                xb = pgd(A.objective(model, yb, "ce", "joint"), xb, eps, step_size or eps / 4, steps,
-                         generator=gen, y=yb)
-            with torch.no_grad():
-                correct += int((model(xb).argmax(1) == yb).sum())
-    finally:
-        model.train(was)
-    return correct / max(1, len(y))
 
 
 # -- suites ------------------------------------------------------------------------------------
@@ -327,7 +293,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
             suite_kw.setdefault("aa_iter", aa_budget.get("n_iter", 100))
             suite_kw.setdefault("n_targets", aa_budget.get("n_targets", 9))
     model.eval()
-    dev = _device(model)
+    dev = model_device(model)
     num_classes = int(getattr(model, "num_classes", 0)) or None
     x, y = x.to(dev).float(), y.to(dev).long()
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -468,11 +434,11 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     beside its weights. Returns ``(result, weights directory)``."""
     import json
 
-    from .hub import CONFIG, from_pretrained
+    from .checkpoint import CONFIG
+    from .pretrained import from_pretrained
     from .io import atomic_write_json
     from .references import reference_for
     from .robustbench import record as robustbench_record
-    from .training.trainer import resolve_device
 
     path = Path(source)
     if path.is_dir() and which == "best" and (path / "best" / CONFIG).exists():

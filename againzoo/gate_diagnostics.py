@@ -26,20 +26,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from .adapter import AgainModel
 from .losses import aux_heads, primary_aux
+from .runtime import model_device
 
 SHORTCUT_THRESHOLD = 0.9
 MEANING = ("gate_shortcut: the prediction follows a wrong gate on more than 90% of clean images, so the final "
            "classifier copies the ASE head's argmax instead of reading the image: the model is, in effect, the "
            "ASE head (a linear probe on the gated features) behind an argmax that hides gradients")
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -48,7 +43,7 @@ def gate_figures(model: AgainModel, x: torch.Tensor, y: torch.Tensor, batch_size
     """The figures above on ``(x, y)`` (float [0, 1] NCHW, int labels), as fractions in [0, 1]."""
     was = model.training
     model.eval()
-    dev = _device(model)
+    dev = model_device(model)
     c = model.num_classes
     gen = torch.Generator(device="cpu").manual_seed(seed)
     rand = torch.randint(0, c, (len(y),), generator=gen)

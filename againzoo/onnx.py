@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .models._base import input_stats
 from .adapter import AgainModel
 from .losses import primary_aux
@@ -108,7 +108,7 @@ def _session(path: Path):
 
 def _verification_inputs(model: nn.Module, size: tuple[int, ...], real: torch.Tensor | None, eps: float,
                          seed: int) -> dict[str, torch.Tensor]:
-    from .evaluation import joint_ce
+    from .runtime import joint_ce
     from .attacks.pgd import pgd
 
     gen = torch.Generator().manual_seed(seed)
@@ -217,7 +217,8 @@ def export_checkpoint(source: str, output: str | Path, opset: int = OPSET, batch
     """``againzoo export``: a run dir (``best/``), checkpoint dir or Hub id -> verified ONNX file."""
     from .errors import DataError
     from .evaluation import eval_data
-    from .hub import CONFIG, from_pretrained
+    from .checkpoint import CONFIG
+    from .pretrained import from_pretrained
 
     path = Path(source)
     if path.is_dir() and (path / "best" / CONFIG).exists():

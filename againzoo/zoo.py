@@ -37,12 +37,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import __version__
+from .version import __version__
 from . import recipes as recipes_mod
 from .card import zoo_card
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate_checkpoint
-from .hub import CONFIG, WEIGHTS, sha256_of
+from .checkpoint import CONFIG, WEIGHTS, sha256_of
 from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from .registry import PretrainedEntry, register
 from .registry import path as registry_path

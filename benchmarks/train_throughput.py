@@ -64,7 +64,7 @@ def main() -> None:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # one process group per rank process: the variants run in it, one after another
         from againzoo.training import distributed as dist
-        from againzoo.training.trainer import resolve_device
+        from againzoo.runtime import resolve_device
 
         env = dist.env_from_launcher()
         created = dist.init(env, resolve_device(dist.local_device(env, args.device)))

@@ -11,7 +11,7 @@ from againzoo.attacks.adaptive import objective
 from againzoo.autoattack import run_autoattack
 from againzoo.cli import app
 from againzoo.evaluation import evaluate, evaluate_checkpoint
-from againzoo.hub import load_local
+from againzoo.checkpoint import load_local
 from againzoo.robustbench import FIELDS
 
 EPS = 32 / 255  # the tiny digits models' training budget: robust accuracy lands mid-range

@@ -17,7 +17,8 @@ import againzoo
 from againzoo import recipes
 from againzoo.cli import app
 from againzoo.errors import UserError
-from againzoo.hub import from_pretrained, save_pretrained, model_config
+from againzoo.checkpoint import model_config, save_pretrained
+from againzoo.pretrained import from_pretrained
 
 from .conftest import tiny
 

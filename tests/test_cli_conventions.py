@@ -62,3 +62,58 @@ def test_verbose_logs_run_progress_and_quiet_silences_it(tmp_path):
     assert "INFO againzoo.training.trainer: epoch 1/1: loss" in loud.output
     hushed = CliRunner().invoke(app, ["-q", "train", "quickstart", "--set", f"output_dir={tmp_path / 'b'}", *tiny])
     assert hushed.exit_code == 0 and "INFO" not in hushed.output
+
+
+def _all_options():
+    """(command path, click option) for every option of every command and sub-command."""
+    import typer
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            if getattr(p, "param_type_name", "") == "option":
+                yield path, p
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    yield from walk(typer.main.get_command(app), "againzoo")
+
+
+def test_one_vocabulary_across_commands():
+    """The same idea is spelled the same way everywhere: a flag that names an idea of the vocabulary
+    carries exactly the vocabulary's spellings, and a long flag used by several commands has the same
+    short form in all of them."""
+    from againzoo.cli import DEPRECATED, VOCABULARY
+
+    flag_idea = {f: idea for idea, flags in VOCABULARY.items() for f in flags}
+    seen: dict[str, tuple[str, set]] = {}
+    checked = 0
+    for path, opt in _all_options():
+        flags = set(opt.opts) | set(opt.secondary_opts)
+        if opt.hidden:
+            assert flags <= set(DEPRECATED), f"{path}: hidden option {flags} is not a known deprecated spelling"
+            continue
+        assert not flags & set(DEPRECATED), f"{path}: {flags} uses a deprecated spelling"
+        for f in flags:
+            if f in flag_idea:
+                checked += 1
+                assert flags == set(VOCABULARY[flag_idea[f]]), f"{path}: {sorted(flags)} vs {VOCABULARY[flag_idea[f]]}"
+        for f in (f for f in flags if f.startswith("--")):
+            if f in seen and f != "--help":
+                assert seen[f][1] == flags, f"{path} spells {f} as {sorted(flags)}, {seen[f][0]} as {sorted(seen[f][1])}"
+            seen.setdefault(f, (path, flags))
+    assert checked >= 20  # the walk reached the commands
+
+
+def test_the_vocabulary_check_sees_a_difference():
+    """A command spelling the output option differently would be caught (the check is not vacuous)."""
+    from againzoo.cli import VOCABULARY
+
+    assert {"--out", "-o"} != set(VOCABULARY["output"]) and {"-n"} != set(VOCABULARY["n_examples"])
+
+
+def test_deprecated_out_still_works_with_a_note(tiny_runs, tmp_path):
+    res = CliRunner().invoke(app, ["analyze", "curves", str(tiny_runs["again"]), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "--out is deprecated" in res.output and (tmp_path / "a" / "analysis.json").exists()
+    res = CliRunner().invoke(app, ["analyze", "curves", str(tiny_runs["again"]), "--output", str(tmp_path / "b")])
+    assert res.exit_code == 0 and "is deprecated" not in res.output and (tmp_path / "b" / "analysis.json").exists()

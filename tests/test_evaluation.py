@@ -9,8 +9,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from againzoo.cli import app
-from againzoo.evaluation import accuracy, evaluate, markdown_table, suite_specs
-from againzoo.hub import load_local
+from againzoo.evaluation import evaluate, markdown_table, suite_specs
+from againzoo.runtime import accuracy
+from againzoo.checkpoint import load_local
 
 from .conftest import LOSSLESS
 

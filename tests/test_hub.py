@@ -15,7 +15,8 @@ import againzoo
 from againzoo import CheckpointError
 from againzoo.card import zoo_card
 from againzoo.cli import app
-from againzoo.hub import from_pretrained, save_pretrained, sha256_of
+from againzoo.checkpoint import save_pretrained, sha256_of
+from againzoo.pretrained import from_pretrained
 from againzoo.registry import PretrainedEntry, register
 
 from .conftest import tiny
@@ -252,7 +253,7 @@ def test_from_pretrained_takes_huggingface_hub_arguments(saved, tmp_path, monkey
     """cache_dir / local_files_only / token / force_download / revision reach snapshot_download."""
     import huggingface_hub
 
-    from againzoo.hub import from_pretrained
+    from againzoo.pretrained import from_pretrained
 
     m, d = saved
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

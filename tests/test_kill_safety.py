@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from againzoo.hub import load_local
+from againzoo.checkpoint import load_local
 from againzoo.io import load_tensors, read_jsonl
 from againzoo.training.checkpoint import STATE
 

@@ -8,7 +8,7 @@ from timm.data import create_transform, resolve_data_config
 
 import againzoo
 from againzoo.data import load_dataset
-from againzoo.hub import load_local, model_config
+from againzoo.checkpoint import load_local, model_config
 from againzoo.models._base import input_stats
 
 
@@ -67,7 +67,7 @@ def test_configs_of_againzoo_0_1_still_load(tmp_path):
     assert back.pretrained_cfg["mean"] == (0.0, 0.0, 0.0)
     assert np.allclose(input_stats(back)[0], (0.3, 0.4, 0.5))
     # the weights' own buffers are not what keeps it: a fresh build from that config applies them too
-    from againzoo.hub import model_from_config
+    from againzoo.checkpoint import model_from_config
 
     assert np.allclose(input_stats(model_from_config(old))[0], (0.3, 0.4, 0.5))
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from againzoo.data import load_dataset
-from againzoo.evaluation import accuracy
-from againzoo.hub import load_local
+from againzoo.runtime import accuracy
+from againzoo.checkpoint import load_local
 from againzoo.io import load_tensors, read_jsonl
 from againzoo.training import train
 

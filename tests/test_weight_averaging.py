@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from againzoo import recipes
-from againzoo.evaluation import accuracy
-from againzoo.hub import load_local
+from againzoo.runtime import accuracy
+from againzoo.checkpoint import load_local
 from againzoo.io import load_tensors, read_jsonl
 from againzoo.training import train
 from againzoo.training.methods import METHODS, StepContext, mart_loss, trades_loss

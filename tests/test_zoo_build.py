@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 import againzoo
 from againzoo.cli import app
 from againzoo.errors import CheckpointError
-from againzoo.evaluation import accuracy, eval_data
-from againzoo.hub import load_local, sha256_of
+from againzoo.evaluation import eval_data
+from againzoo.runtime import accuracy
+from againzoo.checkpoint import load_local, sha256_of
 from againzoo.registry import entries
 from againzoo.zoo import ZooEntry, build, join, pack
 

@@ -31,7 +31,8 @@ __all__ = ["CamResult", "asc", "cam", "compactness", "compare", "corruption_expe
 
 def _load(run: str | Path, data_dir: str | None, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict, dict]:
     from ..evaluation import eval_data
-    from ..hub import CONFIG, from_pretrained
+    from ..checkpoint import CONFIG
+    from ..pretrained import from_pretrained
 
     path = Path(run)
     if (path / "best" / CONFIG).exists():

@@ -36,14 +36,14 @@ from .. import recipes as recipes_mod
 from ..adapter import AgainModel
 from ..data import NUM_CLASSES, ArrayDataset, TensorLoader, load_dataset
 from ..errors import ConfigError, DataError
-from ..evaluation import accuracy
 from ..gate_diagnostics import gate_figures
 from ..factory import build_model
-from ..hub import model_config, save_pretrained
+from ..checkpoint import model_config, save_pretrained
 from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
 from ..losses import Aux, aux_mean, primary_aux
 from ..recipes import Recipe
+from ..runtime import accuracy, resolve_device
 from .awp import AWP
 from . import distributed as dist_mod
 from .checkpoint import STATE, load_state, save_state
@@ -52,15 +52,6 @@ from .schedule import lr_factor
 
 log = logging.getLogger(__name__)
 DATASET_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _split_val(ds: ArrayDataset, n_val: int, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
