@@ -192,6 +192,7 @@ class AgainModel(nn.Module):
         self._call: dict[str, Any] = {}
         self._aux: list[torch.Tensor | None] = [None] * len(parsed)
         self.gate = "hard"
+        self._recomputing = False
         self._handles: list[Any] | None = []
         for k, (name, at) in enumerate(parsed):
             if at == "output":
@@ -259,12 +260,14 @@ class AgainModel(nn.Module):
         hff, ase = self._site_modules(k)
         call = self._call
         if not call.get("again", True):
-            self._aux[k] = ase.fc(ase.pool(features))
-            return features
-        if self.training and self.use_hff:
-            features = hff(features)
-        gated, self._aux[k] = ase(features, targets=call.get("targets"), gate=self.gate, force=call.get("force"))
-        return gated
+            aux = ase.fc(ase.pool(features))
+        else:
+            if self.training and self.use_hff:
+                features = hff(features)
+            features, aux = ase(features, targets=call.get("targets"), gate=self.gate, force=call.get("force"))
+        if not self._recomputing:  # a checkpointed stage's recomputation in the backward pass returns nothing
+            self._aux[k] = aux
+        return features
 
     def _hook(self, k: int, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
         return self._gate_site(k, output)
@@ -358,6 +361,30 @@ class AgainModel(nn.Module):
             yield self
         finally:
             self.gate = previous
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch, passed to the backbone: its stages are recomputed in the backward pass (the
+        RNG state replayed, so HFF and the label mix draw the same), each recomputation seeing the
+        targets and switches of the forward call it belongs to."""
+        if not hasattr(self.backbone, "checkpoint_context_fn"):
+            raise ConfigError(f"gradient checkpointing of an AgainModel needs an againzoo CIFAR backbone; "
+                              f"{type(self.backbone).__name__} cannot replay the AGAIN call in its recomputation")
+        self.backbone.set_grad_checkpointing(enable)
+        self.backbone.checkpoint_context_fn = self._checkpoint_contexts if enable else None
+
+    def _checkpoint_contexts(self) -> tuple[Any, Any]:
+        """torch.utils.checkpoint's ``context_fn``: nothing around the forward, this call's state
+        around the recomputation."""
+        call = dict(self._call)
+
+        @contextlib.contextmanager
+        def replay() -> Iterator[None]:
+            saved, self._call, self._recomputing = self._call, call, True
+            try:
+                yield
+            finally:
+                self._call, self._recomputing = saved, False
+        return contextlib.nullcontext(), replay()
 
     def again_config(self) -> dict[str, Any]:
         """The AGAIN options, as stored in ``config.json`` (one site: ``layer`` and ``layout`` are strings)."""

@@ -21,7 +21,7 @@ from torch import nn
 from .version import __version__
 from .adapter import AgainModel
 from .errors import CheckpointError
-from .factory import AGAIN_KWARGS, ZOO, Normalized, build_model
+from .factory import AGAIN_KWARGS, GENERIC, ZOO, Normalized, build_model
 from .io import atomic_write_json, load_tensors, save_tensors
 from .models._base import input_stats
 
@@ -69,9 +69,12 @@ def model_config(model: nn.Module, label_names: list[str] | None = None,
     n = len(mean)
     pcfg.update(mean=[0.0] * n, std=[1.0] * n, num_classes=int(backbone.num_classes))
     architecture = backbone_arch
-    zoo_name = _zoo_name(backbone_arch) if isinstance(model, AgainModel) else None
-    if zoo_name is not None:
-        architecture = zoo_name
+    if isinstance(model, AgainModel):  # a timm entry of ours rebuilds the whole model: again_<zoo name>, else
+        # again_generic with the backbone as an argument (timm.create_model('local-dir:...') loads either)
+        architecture = _zoo_name(backbone_arch) or GENERIC
+        if architecture == GENERIC:  # timm's local-dir loader passes its own pretrained_cfg_overlay
+            args["backbone"] = backbone_arch
+            args["backbone_cfg"] = args.pop("pretrained_cfg_overlay", {})
         args.update(model.again_config())
         if bcfg.get("first_conv"):
             pcfg["first_conv"] = f"backbone.{bcfg['first_conv']}"
@@ -121,9 +124,14 @@ def model_from_config(config: dict[str, Any], num_classes: int | None = None) ->
     arch = config["architecture"]
     args = {k: v for k, v in (config.get("model_args") or {}).items() if k not in MODEL_ARGS_DROPPED}
     again = config.get("again")
-    if arch in ZOO:  # again_<name>: AGAIN options live in model_args
+    if arch in ZOO or arch == GENERIC:  # again_<name> / again_generic: AGAIN options live in model_args
         opts = {k: args.pop(k) for k in AGAIN_KWARGS if k in args}
-        again, arch = {**opts, **(again or {})}, ZOO[arch]
+        backbone = args.pop("backbone", None) if arch == GENERIC else ZOO[arch]
+        if not isinstance(backbone, str):
+            raise CheckpointError(f"config.json of an {GENERIC} checkpoint names no backbone (model_args.backbone)")
+        again, arch = {**opts, **(again or {})}, backbone
+        if "backbone_cfg" in args:
+            args["pretrained_cfg_overlay"] = args.pop("backbone_cfg")
     elif again is not None:
         again = {k: v for k, v in again.items() if k in AGAIN_KWARGS}
     # the cfg the backbone is built with: the config's (input size; for againzoo 0.1 and timm-native

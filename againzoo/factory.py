@@ -25,6 +25,7 @@ ZOO = {
     "again_wrn34_10": "wrn34_10",
     "again_vgg16": "vgg16_cifar",
 }
+GENERIC = "again_generic"  # the timm entry of AGAIN around any other timm model (checkpoints' architecture)
 AGAIN_KWARGS = ("layer", "alpha", "hff", "aux_weight", "layout", "per_sample_gammas", "gate_source", "detach_gate")
 
 

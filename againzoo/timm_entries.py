@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 
 from .adapter import AgainModel
 from .errors import ConfigError
-from .factory import AGAIN_KWARGS, ZOO
+from .factory import AGAIN_KWARGS, GENERIC, ZOO
 from .models._base import cifar_cfg, has_weights_source, stats_to_model_args
 from .pretrained import load_pretrained
 
@@ -38,6 +38,8 @@ def _zoo_cfgs() -> dict[str, dict[str, Any]]:
             cfgs[f"{name}.{e.dataset}"] = dict(base, hf_hub_id=e.repo_id, num_classes=100 if e.dataset == "cifar100" else 10)
         if not tags:
             cfgs[name] = base
+    cfgs[GENERIC] = {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "mean": (0.0, 0.0, 0.0),
+                     "std": (1.0, 1.0, 1.0), "classifier": "ase.fc", "license": "apache-2.0"}
     return cfgs
 
 
@@ -75,3 +77,23 @@ def _zoo_entry(name: str) -> Callable[..., AgainModel]:
 
 for _name in ZOO:
     globals()[_name] = register_model(_zoo_entry(_name))
+
+
+def _generic_model(backbone_arch: str, overlay: dict[str, Any], **kwargs: Any) -> AgainModel:
+    again = {k: kwargs.pop(k) for k in AGAIN_KWARGS if k in kwargs}
+    return AgainModel(timm.create_model(backbone_arch, pretrained_cfg_overlay=overlay, **kwargs), **again)
+
+
+@register_model
+def again_generic(pretrained: bool = False, backbone: str | None = None, backbone_cfg: dict[str, Any] | None = None,
+                  **kwargs: Any) -> AgainModel:
+    """AGAIN around any timm model ``backbone`` (``again_<timm name>`` of :func:`againzoo.create_model`):
+    the architecture its checkpoints record, so that ``timm.create_model('local-dir:<checkpoint>',
+    pretrained=True)`` rebuilds and loads the whole model. ``backbone_cfg``: the backbone's
+    ``pretrained_cfg_overlay`` (input size, the statistics applied inside)."""
+    if not isinstance(backbone, str) or not timm.is_model(backbone):
+        raise ConfigError(f"again_generic needs backbone=<a timm model name>, got {backbone!r}")
+    if kwargs.pop("features_only", False):
+        raise ConfigError(f"again_generic has no features_only form; use its backbone {backbone!r}")
+    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in (backbone_cfg or {}).items()}
+    return build_model_with_cfg(partial(_generic_model, backbone, overlay), GENERIC, pretrained, **kwargs)

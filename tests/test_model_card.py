@@ -13,3 +13,18 @@ def test_model_card_is_regenerated_from_zoo_records():
     expected = zoo_card(runs)
     assert (ROOT / "MODEL_CARD.md").read_text() == expected, (
         "MODEL_CARD.md is stale: regenerate it with `againzoo card zoo/<run> ... -o MODEL_CARD.md`")
+
+
+def test_model_card_has_hub_metadata_for_every_model():
+    """huggingface_hub reads MODEL_CARD.md's YAML header: pipeline_tag, and every model's results
+    (the Hub's parser keeps one model name per card, so the names are checked in the YAML itself)."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    text = (ROOT / "MODEL_CARD.md").read_text()
+    card = ModelCard.load(ROOT / "MODEL_CARD.md")
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "againzoo"
+    index = yaml.safe_load(text.split("---\n")[1])["model-index"]
+    runs = [p for p in (ROOT / "zoo").iterdir() if (p / "eval.json").exists()]
+    assert len(index) == len(runs)
+    assert len(card.data.eval_results) == sum(len(r["metrics"]) for m in index for r in m["results"]) > 0

@@ -1,7 +1,10 @@
 """timm interoperability: one normalisation through timm's own data pipeline."""
 
+import json
+
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
@@ -206,3 +209,53 @@ def test_plain_timm_takes_the_backbone_of_an_again_checkpoint(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(plain(x), m.unwrap()(x))
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "preactresnet18", "wrn34_10", "vgg16_cifar"])
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    kw = {"widen_factor": 1} if name == "wrn34_10" else {"width_mult": 0.125} if name == "vgg16_cifar" else {"width": 8}
+    x = torch.rand(4, 3, 32, 32)
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        m = timm.create_model(name, num_classes=10, **kw).train()
+        m.set_grad_checkpointing(on)
+        assert m.grad_checkpointing is on
+        m(x).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_grad_checkpointing_of_an_again_model_replays_the_gate_and_hff():
+    """A checkpointed stage is recomputed in the backward pass: with the label-mixed gate and HFF
+    (random draws) the gradients still equal those without checkpointing."""
+    x, y = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        m = againzoo.create_model("again_resnet18", width=8, layer=["last_branch", "layer4"]).train()
+        m.set_grad_checkpointing(on)
+        torch.manual_seed(1)
+        logits, aux = m(x, targets=y, return_aux=True)
+        againzoo.joint_loss(logits, aux, y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+        assert all(a is None for a in m._aux)  # the recomputation left no ASE logits behind
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(againzoo.ConfigError, match="checkpointing"):
+        againzoo.create_model("again_resnet10t", pretrained_cfg_overlay={"input_size": (3, 32, 32)}).set_grad_checkpointing()
+
+
+def test_features_only_wrn34_10_with_its_default_out_indices():
+    m = timm.create_model("wrn34_10", features_only=True, widen_factor=1)
+    outs = m(torch.rand(2, 3, 32, 32))
+    assert [o.shape[1] for o in outs] == m.feature_info.channels() == [16, 16, 32, 64]
+
+
+def test_a_generic_again_checkpoint_loads_through_timm_local_dir(tmp_path):
+    m = againzoo.create_model("again_resnet10t", pretrained_cfg_overlay={"input_size": (3, 32, 32)}).eval()
+    againzoo.save_pretrained(m, tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["architecture"] == "again_generic"
+    t = timm.create_model(f"local-dir:{tmp_path / 'ckpt'}", pretrained=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert isinstance(t, againzoo.AgainModel) and t.backbone.pretrained_cfg["architecture"] == "resnet10t"
+    assert torch.equal(t(x), m(x)) and torch.equal(againzoo.from_pretrained(tmp_path / "ckpt")(x), m(x))

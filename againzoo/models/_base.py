@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.utils.checkpoint
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
@@ -84,16 +85,18 @@ def stats_to_model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def build_cifar(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def build_cifar(model_cls: type, variant: str, pretrained: bool = False, num_stages: int = 5,
+                **kwargs: Any) -> nn.Module:
     """A CIFAR backbone through timm's ``build_model_with_cfg`` (every usual kwarg: ``num_classes``,
-    ``in_chans``, ``global_pool``, ``drop_rate``, ``features_only``/``out_indices``,
-    ``pretrained_cfg_overlay``; ``pretrained`` with a ``file``/``hf-hub``/``local-dir`` source).
-    Statistics: :func:`stats_to_model_args`."""
+    ``in_chans``, ``global_pool``, ``drop_rate``, ``features_only``/``out_indices`` (default: every
+    one of its ``num_stages`` ``feature_info`` entries), ``pretrained_cfg_overlay``; ``pretrained``
+    with a ``file``/``hf-hub``/``local-dir`` source). Statistics: :func:`stats_to_model_args`."""
     kwargs = stats_to_model_args(kwargs)
     if pretrained and not has_weights_source(kwargs.get("pretrained_cfg"), kwargs["pretrained_cfg_overlay"]):
         raise ValueError(f"timm has no pretrained weights for the CIFAR backbone {variant!r}; use "
                          f"timm.create_model('again_...', pretrained=True) or againzoo.create_model for the zoo's")
-    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg={"feature_cls": "getter"},
+    feature_cfg = {"feature_cls": "getter", "out_indices": tuple(range(num_stages))}
+    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg,
                                 pretrained_filter_fn=backbone_weights, **kwargs)
 
 
@@ -154,6 +157,10 @@ class CifarClassifier(nn.Module):
         self._make_head(num_classes, global_pool)
         self.feature_info: list[dict[str, Any]] = []
         self._pruned_to: int | None = None
+        self.grad_checkpointing = False
+        # context_fn of torch.utils.checkpoint: AgainModel sets it so that a recomputed stage sees the
+        # same call (targets, AGAIN switch) as its forward
+        self.checkpoint_context_fn: Callable[[], Any] | None = None
 
     def _make_head(self, num_classes: int, global_pool: str) -> None:
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
@@ -181,10 +188,21 @@ class CifarClassifier(nn.Module):
         pool = global_pool if global_pool is not None else self.global_pool.pool_type
         self._make_head(num_classes, pool)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: in training, recompute each stage's activations in the backward pass instead
+        of keeping them (less memory, about one more forward pass of time; the RNG state is replayed)."""
+        self.grad_checkpointing = bool(enable)
+
+    def _run_stage(self, stage: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            kw = {"context_fn": self.checkpoint_context_fn} if self.checkpoint_context_fn is not None else {}
+            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False, **kw)
+        return stage(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
         for stage in self._live_stages():
-            x = stage(x)
+            x = self._run_stage(stage, x)
         return x
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
@@ -197,7 +215,7 @@ class CifarClassifier(nn.Module):
         intermediates = []
         x = self.normalize(x)
         for i, stage in enumerate(stages[:max_index + 1] if stop_early or intermediates_only else stages):
-            x = stage(x)
+            x = self._run_stage(stage, x)
             if i in take:
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)

@@ -69,10 +69,10 @@ default_cfgs = generate_default_cfgs({name: cifar_cfg(first_conv="conv1") for na
 @register_model
 def wrn34_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
     """WideResNet-34-10 as in TRADES/AWP; ``widen_factor`` may be lowered for tests."""
-    return build_cifar(WideResNet, "wrn34_10", pretrained, **{"depth": 34, "widen_factor": 10, **kwargs})
+    return build_cifar(WideResNet, "wrn34_10", pretrained, num_stages=4, **{"depth": 34, "widen_factor": 10, **kwargs})
 
 
 @register_model
 def wrn34_10_cifar(pretrained: bool = False, **kwargs: Any) -> WideResNet:
     """WideResNet-34-10 for CIFAR (alias of ``wrn34_10``)."""
-    return build_cifar(WideResNet, "wrn34_10_cifar", pretrained, **{"depth": 34, "widen_factor": 10, **kwargs})
+    return build_cifar(WideResNet, "wrn34_10_cifar", pretrained, num_stages=4, **{"depth": 34, "widen_factor": 10, **kwargs})
