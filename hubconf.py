@@ -14,13 +14,17 @@ MODEL_CARD.md.
 dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "yaml", "pydantic"]
 
 from againzoo import create_model as _create  # noqa: E402
+from againzoo.errors import ConfigError as _ConfigError  # noqa: E402
 
 _CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # digits: the embedded demo dataset
 
 
 def _entry(name, pretrained, num_classes, dataset, kwargs):
     if dataset not in _CLASSES:
-        raise ValueError(f"dataset must be one of {sorted(_CLASSES)}, got {dataset!r}")
+        raise _ConfigError(f"dataset must be one of {', '.join(sorted(_CLASSES))}, got {dataset!r}")
+    if pretrained is True and num_classes is not None and num_classes != _CLASSES[dataset]:
+        raise _ConfigError(f"dataset={dataset!r} has {_CLASSES[dataset]} classes, but num_classes={num_classes} "
+                           f"was asked for; drop num_classes or pick the matching dataset")
     if pretrained:
         return _create(name, num_classes=num_classes, pretrained=pretrained, dataset=dataset, **kwargs)
     return _create(name, num_classes=num_classes or _CLASSES[dataset], **kwargs)

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .version import __version__
 from .adapter import AgainModel
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 from .factory import AGAIN_KWARGS, GENERIC, ZOO, Normalized, build_model
-from .io import atomic_write_json, load_tensors, save_tensors
+from .io import atomic_write_json, load_tensors, replace_dir, save_tensors
 from .models._base import input_stats
 
 WEIGHTS = "model.safetensors"
@@ -102,14 +103,33 @@ def model_config(model: nn.Module, label_names: list[str] | None = None,
     return out
 
 
+# what a checkpoint directory holds: the pair, and the records that describe exactly those weights
+CHECKPOINT_FILES = (WEIGHTS, CONFIG, "eval.json", "robustbench.json", "README.md")
+
+
 def save_pretrained(model: nn.Module, directory: str | Path, config: dict[str, Any] | None = None,
                     label_names: list[str] | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically, the weights
-    first: ``config.json`` marks a complete checkpoint, so a kill between the two writes never
-    leaves a config without its weights (at worst new weights beside the previous epoch's config)."""
+    """Write ``model.safetensors`` and ``config.json`` into ``directory`` as one unit.
+
+    A directory that is (or would be) a checkpoint alone (nothing but :data:`CHECKPOINT_FILES`) is
+    written complete into a temporary sibling and swapped in: at every instant a reader sees the
+    previous complete pair or the new one (and the previous pair's eval.json / card go with it:
+    they described the old weights). A directory that holds other files too (a run directory's
+    top level) gets the two files each atomically, the weights first, so ``config.json`` never
+    stands beside weights it does not describe the shape of."""
     directory = Path(directory)
     config = config or model_config(model, label_names)
-    save_tensors(directory / WEIGHTS, model.state_dict(), metadata={"format": "pt", "againzoo_version": __version__})
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", "againzoo_version": __version__}
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"cannot save a checkpoint to {directory}: it is a file, not a directory")
+    own = not directory.exists() or all(p.name in CHECKPOINT_FILES for p in directory.iterdir())
+    if own:
+        def write(tmp: Path) -> None:
+            save_file(state, str(tmp / WEIGHTS), metadata=meta)
+            (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return replace_dir(directory, write)
+    save_tensors(directory / WEIGHTS, state, metadata=meta)
     atomic_write_json(directory / CONFIG, config)
     return directory
 
@@ -124,6 +144,9 @@ def model_from_config(config: dict[str, Any], num_classes: int | None = None) ->
     arch = config["architecture"]
     args = {k: v for k, v in (config.get("model_args") or {}).items() if k not in MODEL_ARGS_DROPPED}
     again = config.get("again")
+    if (arch in ZOO or arch == GENERIC) and "again" in config and again is None:
+        raise CheckpointError(f"config.json disagrees with itself: architecture {arch} is an AGAIN model but "
+                              f"'again' is null")
     if arch in ZOO or arch == GENERIC:  # again_<name> / again_generic: AGAIN options live in model_args
         opts = {k: args.pop(k) for k in AGAIN_KWARGS if k in args}
         backbone = args.pop("backbone", None) if arch == GENERIC else ZOO[arch]
@@ -151,6 +174,11 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
+    has_ase = any(k.startswith("ase.") for k in state)
+    if has_ase != isinstance(model, AgainModel) and (missing or unexpected):
+        raise CheckpointError(f"{source}: the weights {'hold' if has_ase else 'lack'} an ASE head but config.json "
+                              f"describes {'a model without' if has_ase else 'an'} AGAIN (its 'again' section "
+                              f"disagrees with the weights)")
     if missing or unexpected:
         parts = []
         if missing:
@@ -162,6 +190,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
     if bad:
         k = bad[0]
         raise CheckpointError(f"{source}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+    for k, v in state.items():  # fp16 / bf16 weights upcast on load; an integer where a float belongs does not
+        if v.is_floating_point() != own[k].is_floating_point() or (v.dtype == torch.bool) != (own[k].dtype == torch.bool):
+            raise CheckpointError(f"{source}: {k} is stored as {v.dtype}, the model holds {own[k].dtype} "
+                                  f"(a damaged or foreign file)")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: {k} holds NaN or infinite values (a damaged file, or weights of a "
+                                  f"diverged training run)")
     model.load_state_dict(state, strict=True)
 
 

@@ -83,7 +83,7 @@ AA_BUDGET_HELP = ("a reduced official AutoAttack budget for quick checks, N_ITER
 # -- one vocabulary: the same idea is spelled the same way in every command (tests/test_cli_conventions.py) --
 VOCABULARY = {"output": ("--output", "-o"), "n_examples": ("--n-examples", "-n"), "data_dir": ("--data-dir",),
               "device": ("--device",), "quiet": ("--quiet", "-q"), "as_json": ("--json",),
-              "batch_size": ("--batch-size",), "set_": ("--set",), "eps": ("--eps",)}
+              "batch_size": ("--batch-size",), "set_": ("--set",), "eps": ("--eps",), "overwrite": ("--overwrite",)}
 # old spellings still accepted for one release, with a note on stderr
 DEPRECATED = {"--out": "--output"}
 
@@ -93,7 +93,7 @@ def output_option(default: Any, help: str) -> Any:
 
 
 def n_examples_option(default: int, help: str = "number of test images") -> Any:
-    return typer.Option(default, *VOCABULARY["n_examples"], min=1, help=help)
+    return typer.Option(default, *VOCABULARY["n_examples"], help=help)
 
 
 def data_dir_option(help: str = "dataset folder (default: the recipe's, then $AGAINZOO_DATA)") -> Any:
@@ -102,6 +102,8 @@ def data_dir_option(help: str = "dataset folder (default: the recipe's, then $AG
 
 DEVICE_OPTION = typer.Option("auto", *VOCABULARY["device"], help="cpu, cuda, cuda:N or auto")
 QUIET_OPTION = typer.Option(False, *VOCABULARY["quiet"], help="no progress bars (the global -q also silences logs)")
+OVERWRITE_OPTION = typer.Option(False, *VOCABULARY["overwrite"], help="replace an existing output that is not this "
+                                "command's own kind of file (or a run directory without resumable state)")
 
 
 def deprecated_out_option() -> Any:
@@ -156,13 +158,15 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory"),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Train a recipe; writes a run directory (checkpoints, metrics.jsonl, curves.png)."""
     from .training import train as train_fn
     from .training.distributed import env_from_launcher
 
     _cpu_job(device)
-    run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=_progress(quiet))
+    run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=_progress(quiet),
+                       overwrite=overwrite)
     if env_from_launcher().is_main:
         typer.echo(f"run dir: {run_dir}")
 
@@ -179,10 +183,12 @@ def eval_cmd(
     split: Optional[str] = typer.Option(None, "--split", help="test or test_lossless (default: lossless if available)"),
     last: bool = typer.Option(False, "--last", help="evaluate the last epoch instead of best/"),
     device: str = DEVICE_OPTION,
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="batch of the attacks"),
+    batch_size: int = typer.Option(256, "--batch-size", help="batch of the attacks"),
     aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the eval.json result instead of the table"),
     quiet: bool = QUIET_OPTION,
+    output: Optional[Path] = output_option(None, "where to write eval.json (default: beside the weights)"),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
     from .evaluation import evaluate_checkpoint, markdown_table
@@ -196,7 +202,7 @@ def eval_cmd(
     _cpu_job(device)
     result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
                                        "last" if last else "best", progress=_progress(quiet) and not as_json,
-                                       **parse_aa_budget(aa_budget))
+                                       output=output, overwrite=overwrite, **parse_aa_budget(aa_budget))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -214,7 +220,8 @@ def eval_cmd(
                    + ("" if aa["budget"] == "standard" else f"; REDUCED budget {aa['budget']}"))
     if result.get("gate"):
         typer.echo(describe_gate(result["gate"]))
-    typer.echo(f"wrote {wdir / 'eval.json'}" + (f" and {wdir / 'robustbench.json'}" if "AA" in result["columns"] else ""))
+    written = Path(output) if output is not None else wdir / "eval.json"
+    typer.echo(f"wrote {written}" + (f" and {written.parent / 'robustbench.json'}" if "AA" in result["columns"] else ""))
 
 
 @app.command()
@@ -248,11 +255,13 @@ def card(
     run_dirs: List[Path] = typer.Argument(..., help="evaluated run directories"),
     output: Path = output_option(Path("MODEL_CARD.md"), "the Markdown file to write"),
     readme: bool = typer.Option(False, "--readme", help="also write each checkpoint's Hub README.md"),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Regenerate MODEL_CARD.md (and optionally per-checkpoint README.md cards) from run dirs."""
-    from .card import load_checkpoint_info, model_card, zoo_card
-    from .io import atomic_write_text
+    from .card import CARD_TITLE, load_checkpoint_info, model_card, zoo_card
+    from .io import atomic_write_text, check_replace
 
+    check_replace(output, lambda p: CARD_TITLE in p.read_text(), "a model card written by againzoo", overwrite)
     atomic_write_text(output, zoo_card(list(run_dirs)))
     typer.echo(f"wrote {output}")
     if readme:
@@ -272,11 +281,14 @@ def export(
     with_softmax: bool = typer.Option(False, "--with-softmax", help="output probabilities instead of logits"),
     with_aux: bool = typer.Option(False, "--with-aux", help="also output the ASE head's logits"),
     data_dir: Optional[str] = data_dir_option("dataset folder for the real-image parity check"),
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Export the inference path to ONNX and verify onnxruntime against PyTorch (fails on mismatch)."""
     require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
+    from .io import check_replace
     from .onnx import ParityError, export_checkpoint
 
+    check_replace(output, lambda p: p.suffix == ".onnx", "an .onnx file", overwrite)
     try:
         report = export_checkpoint(source, output, opset, batch, with_softmax, with_aux, data_dir)
     except ParityError as e:

@@ -38,3 +38,7 @@ class OutputError(UserError, OSError):
 
 class HubError(UserError, ConnectionError):
     """A Hugging Face Hub call failed: network, server, authentication or an invalid repo id."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on as configured (a non-finite loss: usually too high a learning rate)."""

@@ -273,6 +273,27 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 # -- the evaluation --------------------------------------------------------------------------
 
+def check_eval_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, batch_size: int, num_classes: int) -> None:
+    """One-line errors for an evaluation that could only return nonsense."""
+    if norm not in ("Linf", "L2"):
+        raise ConfigError(f"norm must be Linf or L2, got {norm!r}")
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0
+            and (norm == "L2" or eps <= 1)):
+        raise ConfigError(f"eps must be in (0, 1] for Linf (images are in [0, 1]) or > 0 for L2, got {eps!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if len(y) == 0 or x.shape[0] != len(y):
+        raise ConfigError(f"expected a non-empty batch with one label per image, got {tuple(x.shape)} images and "
+                          f"{len(y)} labels")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ConfigError(f"labels must be integer classes, got dtype {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or (num_classes and hi >= num_classes):
+        raise ConfigError(f"labels must be in [0, {num_classes or '?'}), got values in [{lo}, {hi}]")
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise ConfigError("images must be finite floats in [0, 1] (divide uint8 pixels by 255)")
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "quick", eps: float = 8 / 255,
              norm: str = "Linf", batch_size: int = 256, seed: int = 0, n_check: int = 200, checks: bool = True,
              progress: bool = True, data: dict[str, Any] | None = None, reference: dict[str, Any] | None = None,
@@ -285,6 +306,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     reduced AutoAttack budget says so in ``autoattack.budget``.
     """
     t0 = time.time()
+    check_eval_args(x, y, eps, norm, batch_size, int(getattr(model, "num_classes", 0) or 0))
     if suite == "quick":  # its official APGD runs and ours share one budget (either way of giving it)
         if aa_budget is None:
             budget = {"n_iter": suite_kw.get("aa_iter", 100), "n_targets": suite_kw.get("n_targets", 9)}
@@ -429,17 +451,26 @@ ROBUSTBENCH = "robustbench.json"
 def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None = None, n_examples: int = 1000,
                         eps: float | None = None, split: str | None = None, device: str | None = None,
                         batch_size: int = 256, which: str = "best", progress: bool = True, write: bool = True,
+                        output: str | Path | None = None, overwrite: bool = False,
                         **kw: Any) -> tuple[dict[str, Any], Path]:
     """Evaluate a run directory (``best/`` by default) or a Hub model and write ``eval.json``
-    beside its weights. Returns ``(result, weights directory)``."""
+    beside its weights (or to ``output``; ``robustbench.json`` beside it when the suite ran the
+    official AutoAttack). An existing ``output`` that is not an eval record is not replaced unless
+    ``overwrite``. Returns ``(result, weights directory)``."""
     import json
 
     from .checkpoint import CONFIG
     from .pretrained import from_pretrained
-    from .io import atomic_write_json
+    from .io import atomic_write_json, check_replace
     from .references import reference_for
     from .robustbench import record as robustbench_record
 
+    if n_examples < 1:
+        raise ConfigError(f"n_examples must be >= 1, got {n_examples}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if output is not None and write:
+        check_replace(output, lambda p: "worst_case_acc" in json.loads(p.read_text()), "an eval.json", overwrite)
     path = Path(source)
     if path.is_dir() and which == "best" and (path / "best" / CONFIG).exists():
         path = path / "best"
@@ -457,9 +488,10 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     result["model"] = {"source": str(source), "weights": str(wdir), "architecture": config.get("architecture"),
                        "again": config.get("again"), "recipe": recipe.get("name"), "epoch": config.get("epoch")}
     if write:
-        atomic_write_json(wdir / "eval.json", result)
+        target = Path(output) if output is not None else wdir / "eval.json"
+        atomic_write_json(target, result)
         if "AA" in result["columns"] and result.get("autoattack"):
-            atomic_write_json(wdir / ROBUSTBENCH, robustbench_record(result, config))
+            atomic_write_json(target.parent / ROBUSTBENCH, robustbench_record(result, config))
     return result, wdir
 
 

@@ -77,6 +77,8 @@ def build_model(arch: str, num_classes: int, again: dict[str, Any] | None = None
     dict of AGAIN options, else the plain backbone (normalising inputs itself)."""
     if not timm.is_model(arch):
         raise ConfigError(f"unknown architecture {arch!r}: not a timm model (againzoo adds {', '.join(ZOO.values())})")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < (1 if again is not None else 0):
+        raise ConfigError(f"num_classes must be an integer >= 1 (>= 0 for a plain backbone), got {num_classes!r}")
     try:
         backbone = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_args)
     except TypeError as e:

@@ -13,6 +13,8 @@ from typing import Callable, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from .errors import ShapeError
+
 Aux = Union[torch.Tensor, Sequence[torch.Tensor], None]
 
 
@@ -38,6 +40,18 @@ def aux_mean(aux: Aux, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tens
     return sum(fn(a) for a in heads) / len(heads)
 
 
+def check_labels(targets: torch.Tensor, num_classes: int) -> None:
+    """Raise :class:`ShapeError` unless ``targets`` are (N,) integer classes in [0, num_classes)."""
+    if not isinstance(targets, torch.Tensor) or targets.ndim != 1:
+        raise ShapeError(f"expected (N,) integer class labels, got {getattr(targets, 'shape', type(targets).__name__)}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ShapeError(f"expected integer class labels, got dtype {targets.dtype}")
+    if targets.numel():
+        lo, hi = torch.aminmax(targets)
+        if int(lo) < 0 or int(hi) >= num_classes:
+            raise ShapeError(f"labels must be in [0, {num_classes}), got values in [{int(lo)}, {int(hi)}]")
+
+
 def joint_loss(
     logits: torch.Tensor,
     aux_logits: Aux,
@@ -45,7 +59,10 @@ def joint_loss(
     aux_weight: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Eq. 7; with ``aux_logits=None`` it is plain cross-entropy (a batch trained without AGAIN)."""
+    """Eq. 7; with ``aux_logits=None`` it is plain cross-entropy (a batch trained without AGAIN).
+
+    ``targets`` must be integer classes in ``[0, C)`` (a one-line :class:`ShapeError` otherwise)."""
+    check_labels(targets, logits.shape[-1])
     loss = F.cross_entropy(logits, targets, reduction=reduction)
     if aux_weight:
         loss = loss + aux_weight * aux_mean(aux_logits, lambda a: F.cross_entropy(a, targets, reduction=reduction))

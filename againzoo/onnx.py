@@ -179,6 +179,10 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
     """Export ``model``'s inference path to ``output`` and verify it; returns the parity report."""
     import onnx
 
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OPSET <= opset <= newest:
+        raise ConfigError(f"opset must be an integer from {OPSET} (the dynamo exporter's oldest) to {newest} (the "
+                          f"newest this onnx knows), got {opset!r}")
     if batch != "dynamic":
         try:
             batch = int(batch)

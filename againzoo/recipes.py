@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,8 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 def parse_number(v: Any) -> Any:
     """``"8/255"`` -> 0.0313...; numbers pass through."""
+    if isinstance(v, bool):  # YAML's true/false would pass as 1.0/0.0
+        raise ValueError(f"expected a number or a fraction like '8/255', got {v!r}")
     if isinstance(v, str):
         try:
             return float(Fraction(v.strip()))
@@ -41,6 +43,17 @@ def parse_number(v: Any) -> Any:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML's true/false would pass as 1/0 where a number is expected (pydantic's lax mode)."""
+        if isinstance(data, dict):
+            for key, field in cls.model_fields.items():
+                kinds = get_args(field.annotation) if get_origin(field.annotation) is Union else (field.annotation,)
+                if isinstance(data.get(key), bool) and any(k in (int, float) for k in kinds):
+                    raise ValueError(f"'{key}' expects a number, got {str(data[key]).lower()}")
+        return data
 
 
 class AgainSchedule(Section):
@@ -162,7 +175,7 @@ class LRSchedule(Section):
     ``pct_start`` of training, linear down to 0; ``cosine``; ``constant``. Stepped per iteration."""
 
     name: Literal["multistep", "onecycle", "cosine", "constant"] = "multistep"
-    milestones: list[int] = [75, 90, 100]
+    milestones: list[Annotated[int, Field(ge=1)]] = [75, 90, 100]
     gamma: float = Field(0.1, gt=0)
     pct_start: float = Field(0.4, gt=0, lt=1)
     warmup_epochs: float = Field(0.0, ge=0)
@@ -208,7 +221,7 @@ class Recipe(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Optional[bool] = None  # None: on CUDA
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     eval: EvalSection = EvalSection()
     output_dir: str = "runs"
     log_every: int = Field(50, ge=1)
@@ -254,7 +267,8 @@ def format_error(err: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{path}' (allowed: {allowed})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {path}: {msg} (got {e.get('input')!r})" if loc else f"{source}: {msg}")
+            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"  # a section: msg names the key
+            lines.append(f"{source}: {path}: {msg}{got}" if loc else f"{source}: {msg}")
     return "; ".join(lines)
 
 
@@ -297,7 +311,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
             if not isinstance(node.setdefault(p, {}), dict):
                 raise ConfigError(f"--set {key}: '{p}' is not a section")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key.strip()}: cannot read {value!r} as a YAML value "
+                              f"({str(e).splitlines()[0]})") from None
     return raw
 
 

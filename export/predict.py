@@ -167,6 +167,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not args.images and not args.npy:
         ap.error("give image files or --npy")
     try:
+        if args.top < 1:
+            raise InputError(f"--top must be >= 1, got {args.top}")
         p = Predictor(args.model, clamp=args.clamp)
         inputs = np.load(args.npy, allow_pickle=False) if args.npy else list(args.images)
         result = p.predict(inputs)

@@ -46,6 +46,14 @@ RECIPE_TEXTS = {
     "missing_name": ("epochs: 3\n", "name"),
     "name_escapes_output_dir": ("name: ../../outside\n", "name"),
     "name_is_absolute": ("name: /tmp/outside\n", "name"),
+    "negative_seed": ("name: r\nseed: -1\n", "seed"),
+    "huge_seed": ("name: r\nseed: 99999999999999999999\n", "seed"),
+    "negative_milestone": ("name: r\nepochs: 10\nlr_schedule: {name: multistep, milestones: [-5, 2]}\n", "milestones"),
+    "eps_true": ("name: r\nattack: {eps: true}\n", "eps"),
+    "lr_true": ("name: r\noptimizer: {lr: true}\n", "lr"),
+    "empty_site_list": ("name: r\nmodel: {again: {layer: []}}\n", "layer"),
+    "unknown_gate_source": ("name: r\nmodel: {again: {gate_source: oracle}}\n", "gate_source"),
+    "zero_limit": ("name: r\ndata: {limit: 0}\n", "limit"),
 }
 
 
@@ -201,6 +209,48 @@ def _config_edit(**kw):
 def _config_not_a_mapping(d):
     (d / "config.json").write_text("[1, 2, 3]")
 
+def _int_buffer(d):
+    from againzoo.io import load_tensors
+
+    t, _ = load_tensors(_weights(d))
+    k = next(k for k in t if k.endswith("running_mean"))
+    save_file({**t, k: t[k].long()}, str(_weights(d)))
+
+
+def _nan_weight(d):
+    from againzoo.io import load_tensors
+
+    t, _ = load_tensors(_weights(d))
+    k = next(k for k in t if k.endswith("conv1.weight"))
+    t[k][0] = float("nan")
+    save_file(t, str(_weights(d)))
+
+
+def _bit_flip(d):
+    """One flipped exponent bit: a weight of about 1e38 (finite) or inf; here forced to inf."""
+    from againzoo.io import load_tensors
+
+    t, _ = load_tensors(_weights(d))
+    k = next(k for k in t if k.endswith("fc.weight"))
+    t[k].view(-1)[0] = float("inf")
+    save_file(t, str(_weights(d)))
+
+
+def _again_null(d):
+    c = json.loads((d / "config.json").read_text())
+    c["again"] = None
+    (d / "config.json").write_text(json.dumps(c))
+
+
+def _plain_config(d):
+    """A config that describes the plain backbone beside AGAIN weights."""
+    from againzoo.factory import AGAIN_KWARGS
+
+    c = json.loads((d / "config.json").read_text())
+    c.update(architecture="resnet18_cifar", again=None)
+    c["model_args"] = {k: v for k, v in c["model_args"].items() if k not in AGAIN_KWARGS}
+    (d / "config.json").write_text(json.dumps(c))
+
 
 CHECKPOINTS = {
     "truncated_weights": (_truncate, "safetensors"),
@@ -215,6 +265,11 @@ CHECKPOINTS = {
     "wrong_num_classes": (_config_edit(num_classes=100), "shape mismatch"),
     "unknown_architecture": (_config_edit(architecture="resnet9000"), "resnet9000"),
     "architecture_missing": (_config_edit(architecture=None), "architecture"),
+    "int64_bn_buffer": (_int_buffer, "stored as torch.int64"),
+    "nan_weight": (_nan_weight, "NaN or infinite"),
+    "bit_flipped_weight": (_bit_flip, "NaN or infinite"),
+    "again_null_with_again_architecture": (_again_null, "'again' is null"),
+    "plain_config_for_again_weights": (_plain_config, "hold an ASE head"),
 }
 
 
@@ -353,3 +408,188 @@ def test_thread_choice_leaves_busy_cores_alone(monkeypatch):
         assert cpu.configure_threads() is None and torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+# -- the families of issue #23: every one ends in one line -------------------------------------
+
+def test_unparsable_set_value_is_one_line():
+    out = _one_line_exit_2(_cli("train", "quickstart", "--set", "epochs=[1,"))
+    assert "--set epochs" in out and "YAML" in out
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "quantum"])
+def test_unknown_device_is_one_line(tmp_path, device):
+    out = _one_line_exit_2(_cli("train", "quickstart", "--device", device, "--set", f"output_dir={tmp_path}"))
+    assert device in out
+
+
+def test_training_into_a_non_resumable_run_dir_refuses_and_overwrite_replaces(tmp_path):
+    from .conftest import TINY_RUN
+
+    args = ["train", "quickstart", "--set", f"output_dir={tmp_path}"]
+    for o in [*[o for o in TINY_RUN if not o.startswith("epochs")], "epochs=1"]:
+        args += ["--set", o]
+    assert _cli(*args).exit_code == 0
+    run = tmp_path / "quickstart"
+    import shutil
+
+    shutil.rmtree(run / "state")
+    (run / "metrics.jsonl").unlink()  # a user cleaning up space
+    before = (run / "model.safetensors").read_bytes()
+    out = _one_line_exit_2(_cli(*args))
+    assert "no resumable state" in out and "--overwrite" in out
+    assert (run / "model.safetensors").read_bytes() == before  # nothing was touched
+    res = _cli(*args, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert (run / "state").exists() and (run / "metrics.jsonl").exists()
+
+
+def test_train_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "quickstart").write_text("not a directory")
+    out = _one_line_exit_2(_cli("train", "quickstart", "--set", f"output_dir={tmp_path}"))
+    assert "is a file" in out
+
+
+def test_a_nan_loss_stops_training_in_one_line_naming_the_step(tmp_path):
+    out = _one_line_exit_2(_cli("train", "quickstart", "--set", "model.kwargs.width=4", "--set", "epochs=2",
+                                "--set", "optimizer.lr=1e30", "--set", "log_every=2", "--set", f"output_dir={tmp_path}"))
+    assert "non-finite" in out and "epoch 1, step" in out and "lower the learning rate" in out
+    assert not (tmp_path / "quickstart" / "model.safetensors").exists()  # no NaN checkpoint was written
+
+
+def test_export_refuses_to_replace_weights_with_onnx(tiny_runs, tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"precious weights")
+    out = _one_line_exit_2(_cli("export", str(tiny_runs["again"]), "-o", str(target)))
+    assert "not an .onnx file" in out and "--overwrite" in out and target.read_bytes() == b"precious weights"
+    out = _one_line_exit_2(_cli("export", str(tiny_runs["again"]), "-o", str(tmp_path)))
+    assert "is a directory" in out
+
+
+def test_export_opset_out_of_range(tiny_runs, tmp_path):
+    out = _one_line_exit_2(_cli("export", str(tiny_runs["again"]), "-o", str(tmp_path / "m.onnx"), "--opset", "7"))
+    assert "opset" in out and not (tmp_path / "m.onnx").exists()
+
+
+def test_eval_output_that_is_not_an_eval_record(tiny_runs, tmp_path):
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    out = _one_line_exit_2(_cli("eval", str(tiny_runs["again"]), "-n", "4", "-o", str(tmp_path / "notes.json")))
+    assert "not an eval.json" in out and json.loads((tmp_path / "notes.json").read_text()) == {"mine": 1}
+    out = _one_line_exit_2(_cli("eval", str(tiny_runs["again"]), "-n", "4", "-o", str(tmp_path)))
+    assert "is a directory" in out
+
+
+def test_card_refuses_to_replace_a_foreign_file(tiny_runs, tmp_path):
+    (tmp_path / "README.md").write_text("# my project\n")
+    out = _one_line_exit_2(_cli("card", str(tiny_runs["again"]), "-o", str(tmp_path / "README.md")))
+    assert "--overwrite" in out and (tmp_path / "README.md").read_text() == "# my project\n"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-n", "0"], "n_examples"), (["-n", "-3"], "n_examples"), (["--batch-size", "0"], "batch_size"),
+    (["--eps", "-8/255"], "eps"), (["--eps", "2"], "eps")])
+def test_eval_counts_and_budgets_out_of_range(tiny_runs, args, needle):
+    out = _one_line_exit_2(_cli("eval", str(tiny_runs["again"]), *args))
+    assert needle in out
+
+
+@pytest.mark.parametrize("args,needle", [(["-n", "0"], "number of images"), (["--lambda", "0"], "lambda"),
+                                         (["--lambda", "1.5"], "lambda")])
+def test_analysis_numbers_out_of_range(tiny_runs, tmp_path, args, needle):
+    out = _one_line_exit_2(_cli("analyze", "asc", str(tiny_runs["again"]), str(tiny_runs["plain"]), *args,
+                                "-o", str(tmp_path)))
+    assert needle in out
+
+
+def test_analysis_with_an_empty_log_or_a_corrupt_record(tiny_runs, tmp_path):
+    empty = tmp_path / "run"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    out = _one_line_exit_2(_cli("analyze", "curves", str(empty), "-o", str(tmp_path / "a")))
+    assert "no epochs" in out
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "analysis.json").write_text("{torn")
+    out = _one_line_exit_2(_cli("analyze", "curves", str(tiny_runs["again"]), "-o", str(tmp_path / "b")))
+    assert "not valid JSON" in out and (tmp_path / "b" / "analysis.json").read_text() == "{torn"
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 torn"], ids=["empty", "truncated"])
+def test_a_damaged_data_pack_is_one_line(tmp_path, content):
+    (tmp_path / "cifar10-jpeg75.npz").write_bytes(content)
+    out = _one_line_exit_2(_cli("train", "cifar10_resnet18_pgd_at", "--data-dir", str(tmp_path),
+                                "--set", f"output_dir={tmp_path / 'runs'}"))
+    assert "cifar10-jpeg75.npz" in out and not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_decode_cache_is_rebuilt(tmp_path, monkeypatch):
+    """The JPEG pack's decode cache is only a cache: a torn one is decoded again, not an error."""
+    import numpy as np
+
+    from againzoo.data import datasets
+
+    monkeypatch.setenv("AGAINZOO_CACHE", str(tmp_path / "cache"))
+    x = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    import io as _io
+
+    from PIL import Image
+
+    blobs = []
+    for img in x:
+        b = _io.BytesIO()
+        Image.fromarray(img).save(b, format="JPEG", quality=75)
+        blobs.append(np.frombuffer(b.getvalue(), dtype=np.uint8))
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    np.savez(tmp_path / "cifar10-jpeg75.npz", classes=np.array([str(i) for i in range(10)]),
+             test_jpeg=np.concatenate(blobs), test_offsets=offsets, test_labels=np.arange(4))
+    first = datasets.load_dataset("cifar10", "test", tmp_path)
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    cache.write_bytes(b"torn")
+    again = datasets.load_dataset("cifar10", "test", tmp_path)
+    assert np.array_equal(first.x, again.x) and len(again) == 4
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: againzoo.joint_loss(torch.zeros(2, 10), None, torch.tensor([0, 10])), "labels must be in [0, 10)"),
+    (lambda: againzoo.joint_loss(torch.zeros(2, 10), torch.zeros(2, 10), torch.tensor([-1, 0])), "labels"),
+    (lambda: againzoo.create_model("again_resnet18", num_classes=0), "num_classes"),
+    (lambda: againzoo.create_model("again_resnet18", num_classes=-5), "num_classes"),
+    (lambda: torch.hub.load(str(Path(__file__).resolve().parents[1]), "again_resnet18", source="local",
+                            dataset="imagenet"), "dataset"),
+    (lambda: torch.hub.load(str(Path(__file__).resolve().parents[1]), "again_resnet18", source="local",
+                            pretrained=True, dataset="cifar100", num_classes=10), "100 classes"),
+], ids=["joint_loss_label_too_large", "joint_loss_negative_label", "num_classes_zero", "num_classes_negative",
+        "hub_unknown_dataset", "hub_dataset_vs_num_classes"])
+def test_api_mistakes_are_user_errors(call, needle):
+    with pytest.raises(UserError) as e:
+        call()
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_call_after_unwrap_is_a_user_error():
+    m = tiny()
+    m.unwrap()
+    with pytest.raises(UserError, match="unwrapped"):
+        m(torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("kw,needle", [({"eps": -8 / 255}, "eps"), ({"eps": 2.0}, "eps"),
+                                       ({"y": torch.tensor([0, 11])}, "labels"), ({"batch_size": 0}, "batch_size")])
+def test_evaluate_api_checks_its_arguments(kw, needle):
+    from againzoo.evaluation import evaluate
+
+    m = tiny().eval()
+    args = {"x": torch.rand(2, 3, 32, 32), "y": torch.tensor([0, 1]), **kw}
+    with pytest.raises(UserError) as e:
+        evaluate(m, progress=False, checks=False, **{k: v for k, v in args.items()})
+    assert needle in str(e.value)
+
+
+def test_predictor_top_must_be_positive(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "export" / "predict.py"), str(tmp_path / "m.onnx"), "x.png",
+                          "--top", "-1"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--top" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+

@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapter import AgainModel
-from ..io import atomic_write_json
+from ..errors import ConfigError, OutputError
+from ..io import atomic_write_json, writable_dir
 from .asc import asc, compare, dataset_asc
 from .cam import CamResult, cam
 from .corruption import corruption_experiment
@@ -55,9 +56,17 @@ def _names(runs: list[str | Path]) -> list[str]:
 
 
 def _record(out_dir: Path, key: str, result: dict[str, Any]) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"cannot write the analysis into {out_dir}: it is a file (expected a folder)")
+    writable_dir(out_dir)
     path = out_dir / "analysis.json"
-    current = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        current = json.loads(path.read_text()) if path.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise OutputError(f"{path} is not valid JSON (a damaged earlier analysis?): move it away or delete it, "
+                          f"it is merged into, not replaced") from None
+    if not isinstance(current, dict):
+        raise OutputError(f"{path} is not an analysis record (expected a JSON object): move it away or delete it")
     current[key] = {k: v for k, v in result.items() if not k.startswith("_")}
     atomic_write_json(path, current)
     return current[key]
@@ -67,8 +76,19 @@ def _eps(config: dict) -> float:
     return float(((config.get("recipe") or {}).get("attack") or {}).get("eps", 8 / 255))
 
 
+def check_args(n: int | None = None, lam: float | None = None, eps: float | None = None) -> None:
+    """One-line errors for the analyses' numbers: n >= 1, lambda in (0, 1], eps in (0, 1]."""
+    if n is not None and n < 1:
+        raise ConfigError(f"the number of images must be >= 1, got {n}")
+    if lam is not None and not 0 < lam <= 1:
+        raise ConfigError(f"lambda (Eq. 2's threshold, a share of the map's maximum) must be in (0, 1], got {lam}")
+    if eps is not None and not 0 < eps <= 1:
+        raise ConfigError(f"eps must be in (0, 1] (images are in [0, 1]), got {eps}")
+
+
 def run_cam(run: str | Path, out_dir: str | Path, n: int = 8, data_dir: str | None = None) -> dict[str, Any]:
     """CAM grids (Fig. 1 style): images, the main head's CAM and, for AGAIN models, the ASE head's."""
+    check_args(n)
     out_dir = Path(out_dir)
     model, x, y, data, _ = _load(run, data_dir, n)
     size = tuple(x.shape[-2:])
@@ -88,6 +108,7 @@ def run_cam(run: str | Path, out_dir: str | Path, n: int = 8, data_dir: str | No
 def run_asc(run_a: str | Path, run_b: str | Path, out_dir: str | Path, n: int = 1000, lam: float = 0.5,
             data_dir: str | None = None) -> dict[str, Any]:
     """Section 3, Q1: per-image ASC (Eq. 2) of two models on the same images."""
+    check_args(n, lam)
     out_dir = Path(out_dir)
     model_a, x, y, data, _ = _load(run_a, data_dir, n)
     model_b = _load(run_b, data_dir, 0)[0]
@@ -104,6 +125,7 @@ def run_asc(run_a: str | Path, run_b: str | Path, out_dir: str | Path, n: int = 
 def run_corruption(standard_run: str | Path, robust_run: str | Path, out_dir: str | Path, n: int = 1000,
                    lam: float = 0.5, eps: float | None = None, data_dir: str | None = None) -> dict[str, Any]:
     """Table 1: accuracy on original/corrupted clean and adversarial data (both-correct examples)."""
+    check_args(n, lam, eps)
     out_dir = Path(out_dir)
     std, x, y, data, config = _load(standard_run, data_dir, n)
     rob = _load(robust_run, data_dir, 0)[0]
@@ -126,6 +148,7 @@ def run_corruption(standard_run: str | Path, robust_run: str | Path, out_dir: st
 def run_embedding(runs: list[str | Path], out_dir: str | Path, n: int = 500, eps: float | None = None,
                   data_dir: str | None = None) -> dict[str, Any]:
     """Figure 4: 2-D embeddings of penultimate features, clean and adversarial, with compactness."""
+    check_args(n, eps=eps)
     out_dir = Path(out_dir)
     results = []
     for run, name in tqdm(list(zip(runs, _names(runs))), desc="embedding", leave=False):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def _read_pickles(folder: Path, name: str, split: str) -> ArrayDataset:
     return ArrayDataset(np.concatenate(xs), np.concatenate(ys), classes, name, split, f"pickle:{folder}")
 
 
+# what np.load raises on a truncated, empty or foreign file (or one without the expected arrays)
+NPZ_ERRORS = (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError)
+
+
 def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     from PIL import Image
 
@@ -117,9 +122,12 @@ def _read_npz(data_dir: Path, name: str, split: str) -> ArrayDataset | None:
         path = data_dir / "cifar10-lossless-subset.npz"
         if not path.exists():
             return None
-        d = np.load(path)
-        return ArrayDataset(d["x_test"][:1000], d["y_test"][:1000].astype(np.int64),
-                            tuple(str(c) for c in d["classes"]), name, split, f"npz:{path.name}", lossless=True,
+        try:
+            d = np.load(path)
+            x, y, classes = d["x_test"][:1000], d["y_test"][:1000].astype(np.int64), tuple(str(c) for c in d["classes"])
+        except NPZ_ERRORS as e:
+            raise DataError(f"malformed packed dataset {path} (truncated or not an npz?): {type(e).__name__}: {e}") from None
+        return ArrayDataset(x, y, classes, name, split, f"npz:{path.name}", lossless=True,
                             notes={"subset": "first 1000 test images (RobustBench/AutoAttack n_ex=1000)"})
     path = data_dir / "cifar10-jpeg75.npz"
     if not path.exists():
@@ -131,16 +139,25 @@ def _read_npz(data_dir: Path, name: str, split: str) -> ArrayDataset | None:
         d = np.load(path)
         classes = tuple(str(c) for c in d["classes"])
         y = d[f"{split}_labels"].astype(np.int64)
+        x = None
         if cached.exists():
-            x = np.load(cached)["x"]
-        else:
+            try:
+                x = np.load(cached)["x"]
+            except NPZ_ERRORS:  # a torn or corrupt decode cache: decode again (it is only a cache)
+                cached.unlink(missing_ok=True)
+            if x is not None and len(x) != len(y):
+                x = None
+        if x is None:
             x = _decode_jpegs(d[f"{split}_jpeg"], d[f"{split}_offsets"])
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp.npz")
-            np.savez(tmp, x=x)
-            os.replace(tmp, cached)
-    except (KeyError, ValueError, OSError) as e:
-        raise DataError(f"malformed packed dataset {path}: {type(e).__name__}: {e}") from e
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp.npz")
+                np.savez(tmp, x=x)
+                os.replace(tmp, cached)
+            except OSError:  # an unwritable cache only costs the next run a decode
+                pass
+    except NPZ_ERRORS as e:
+        raise DataError(f"malformed packed dataset {path} (truncated or not an npz?): {type(e).__name__}: {e}") from None
     return ArrayDataset(x, y, classes, name, split, f"npz:{path.name}", lossless=False,
                         notes={"compression": "JPEG quality 75 (lossy)"})
 
@@ -156,7 +173,10 @@ def _read_folder(data_dir: Path, name: str, split: str) -> ArrayDataset | None:
     for i, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
             if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
-                xs.append(np.asarray(Image.open(f).convert("RGB")))
+                try:
+                    xs.append(np.asarray(Image.open(f).convert("RGB")))
+                except (OSError, ValueError) as e:
+                    raise DataError(f"unreadable image {f}: {e}") from None
                 ys.append(i)
     if not xs:
         raise DataError(f"image folder {root} has no images in class sub-folders")

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,12 @@ from tqdm.auto import tqdm
 from .. import recipes as recipes_mod
 from ..adapter import AgainModel
 from ..data import NUM_CLASSES, ArrayDataset, TensorLoader, load_dataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, OutputError, TrainingError
 from ..gate_diagnostics import gate_figures
 from ..factory import build_model
-from ..checkpoint import model_config, save_pretrained
+from ..checkpoint import CONFIG, WEIGHTS, model_config, save_pretrained
 from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
+from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl, remove_stale_temporaries
 from ..losses import Aux, aux_mean, primary_aux
 from ..recipes import Recipe
 from ..runtime import accuracy, resolve_device
@@ -221,8 +222,12 @@ class GateLog:
 
 
 def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None = None, device: str | None = None,
-          data_dir: str | None = None, overrides: list[str] | None = None, progress: bool = True) -> Path:
-    """Train a recipe (or resume ``resume``, a run dir) and return the run directory."""
+          data_dir: str | None = None, overrides: list[str] | None = None, progress: bool = True,
+          overwrite: bool = False) -> Path:
+    """Train a recipe (or resume ``resume``, a run dir) and return the run directory.
+
+    A run directory that already holds a run (resumable state, a training log or a checkpoint) is
+    never replaced silently: resume it, pick another ``output_dir``, or pass ``overwrite=True``."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "recipe.yaml").exists():
@@ -239,9 +244,14 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
     dev = resolve_device(dist_mod.local_device(env, device))
     if resume is None:
         run_dir = Path(recipe.output_dir) / recipe.name
-        if (run_dir / STATE).exists() or (run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"run dir {run_dir} already holds a run; resume it with --resume {run_dir} "
-                              f"or pick another output_dir (--set output_dir=...)")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise OutputError(f"cannot train into {run_dir}: it is a file, not a run directory")
+        held = [n for n in (str(STATE), "metrics.jsonl", WEIGHTS, CONFIG, "best") if (run_dir / n).exists()]
+        if held and not overwrite:
+            how = (f"resume it with --resume {run_dir}, " if (run_dir / STATE).exists()
+                   else "it has no resumable state (state/ is gone), so --resume would start over; ")
+            raise ConfigError(f"run dir {run_dir} already holds a run ({', '.join(held)}): {how}pick another "
+                              f"output_dir (--set output_dir=...), or replace it with --overwrite")
 
     # data first: a missing dataset fails before any other work
     d = recipe.data
@@ -257,6 +267,10 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         raise ConfigError(f"{len(train_ds)} training images make no full global batch of {recipe.batch_size} "
                           f"(data-parallel runs drop the last partial batch)")
 
+    if resume is None and overwrite and run_dir.exists() and env.is_main:
+        shutil.rmtree(run_dir)  # asked for explicitly
+    if run_dir.exists() and env.is_main:
+        remove_stale_temporaries(run_dir)  # what a killed write left behind
     created_group = dist_mod.init(env, dev)  # after every rank has its data: a missing file fails everywhere first
     try:
         return _train(recipe, resume, run_dir, dev, env, full, train_ds, val_ds, test_ds, progress)
@@ -344,6 +358,7 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
         correct = torch.zeros((), device=dev)
         seen, again_batches, t0, window_t, window_n = 0, 0, time.time(), time.time(), 0
         gate_log = GateLog(dev) if again_on else None
+        first_bad = torch.full((), -1, dtype=torch.long, device=dev)  # the first step with a non-finite loss
         for i, (x, y) in enumerate(loader):
             step = counters["step"]
             for g in optimizer.param_groups:
@@ -356,12 +371,15 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
             loss, logits, aux = train_step(ctx, method, optimizer, x, y, awp if use_awp else None, ema, step + 1, ddp)
             if gate_log is not None and again:
                 gate_log.add(logits, aux, y, label_gate)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             window_n += len(y)
             counters["step"] = step + 1
             bar.update(1)
+            if (i + 1) % recipe.log_every == 0 or i + 1 == steps_per_epoch:
+                _check_finite(first_bad, epoch, steps_per_epoch, counters, recipe, env, dev)
             if main and ((i + 1) % recipe.log_every == 0 or i + 1 == steps_per_epoch):
                 now = time.time()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss_sum) / seen:.3f}",
@@ -398,6 +416,20 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
             _plot_curves(run_dir, read_jsonl(run_dir / "metrics.jsonl"))
     bar.close()
     return run_dir
+
+
+def _check_finite(first_bad: torch.Tensor, epoch: int, steps_per_epoch: int, counters: dict[str, Any], recipe: Recipe,
+                  env: dist_mod.DistEnv, dev: torch.device) -> None:
+    """Stop with one line when a step's loss was NaN or infinite (on any rank); the run directory
+    keeps the last complete epoch's checkpoint and state."""
+    bad = int(first_bad)  # -1 when every loss on this rank was finite
+    any_bad = dist_mod.all_reduce_sum([float(bad >= 0)], dev)[0] > 0 if env.distributed else bad >= 0
+    if any_bad:
+        where = (f"epoch {epoch + 1}, step {bad % steps_per_epoch + 1} (global step {bad + 1})" if bad >= 0
+                 else f"epoch {epoch + 1} (on another rank)")
+        kept = f"epoch {counters['epoch']}'s checkpoint is kept" if counters["epoch"] > 0 else "no checkpoint was written"
+        raise TrainingError(f"the training loss became non-finite at {where} with optimizer.lr={recipe.optimizer.lr}: "
+                            f"lower the learning rate; {kept}")
 
 
 def _monitor(published: torch.nn.Module, raw: torch.nn.Module | None,
