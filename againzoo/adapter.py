@@ -192,6 +192,9 @@ class AgainModel(nn.Module):
         self._call: dict[str, Any] = {}
         self._aux: list[torch.Tensor | None] = [None] * len(parsed)
         self.gate = "hard"
+        # value checks of inputs and labels (one host sync each); the trainer, whose data it has checked
+        # once, turns them off so that no training step waits for the device
+        self.validate_values = True
         self._recomputing = False
         self._handles: list[Any] | None = []
         for k, (name, at) in enumerate(parsed):
@@ -288,7 +291,7 @@ class AgainModel(nn.Module):
             raise ShapeError(f"expected {self.in_chans} channels (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ShapeError(f"empty batch: got shape {tuple(x.shape)}")
-        if not self.training and not x.requires_grad and not _tracing():
+        if self.validate_values and not self.training and not x.requires_grad and not _tracing():
             # values at inference (one reduction, one host sync); attacks and training pass tensors that
             # require grad or run in train mode, and skip it
             lo, hi = torch.aminmax(x.detach().float())
@@ -337,7 +340,7 @@ class AgainModel(nn.Module):
             raise ShapeError("a train-mode batch needs at least 2 images (BatchNorm); call model.eval() "
                              "to classify one image")
         if targets is not None:  # the labels index the ASE weights in training: check their values there
-            self.check_targets(x, targets, values=self.training)
+            self.check_targets(x, targets, values=self.training and self.validate_values)
         if force_gate is not None:
             self.check_targets(x, force_gate, values=not _tracing())
         if self.normalize_input:

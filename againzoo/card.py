@@ -261,3 +261,64 @@ def zoo_card(paths: list[str | Path]) -> str:
         lines += ["Intended use: research baselines for adversarial robustness; not a certified classifier.", "",
                   "Limitations:", ""] + [f"- {x}" for x in _limitations(info)] + [""]
     return "\n".join(lines)
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy ``p`` measured on ``n`` images."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+MODELS_BEGIN, MODELS_END = "<!-- models:begin -->", "<!-- models:end -->"
+
+
+def models_table(registry: Path | None = None) -> str:
+    """The published models (the registry and each entry's eval.json in ``zoo/``) as the README's
+    Markdown table: clean and official AutoAttack accuracy, the adaptive worst case with its 95%
+    interval, the gate verdict and the registry's note. ``againzoo zoo table`` prints it."""
+    from .registry import entries, local_dir
+
+    rows = ["| model | data | clean | official AutoAttack | adaptive worst case [95% CI] | gate | note |",
+            "|---|---|---|---|---|---|---|"]
+    for e in entries(registry):
+        folder = local_dir(e, registry)
+        ev = json.loads((folder / "eval.json").read_text()) if folder and (folder / "eval.json").exists() else None
+        config = json.loads((folder / "config.json").read_text()) if folder and (folder / "config.json").exists() else {}
+        m = e.metrics
+        if ev is not None:
+            n = int(ev["data"]["n"])
+            lo, hi = wilson(ev["worst_case_acc"], n)
+            aa = ev.get("autoattack") or {}
+            runs = aa.get("runs") or {}
+            aa_text = pct(ev["columns"]["AA"]) if "AA" in ev["columns"] else "-"
+            if len(runs) > 1:
+                aa_text += " (" + " / ".join(f"{g.replace('straight_through', 'straight-through')} {pct(r['acc'])}"
+                                             for g, r in runs.items()) + ")"
+            data = f"{DATASET_NAMES.get(e.dataset, e.dataset)}, {_data_line(ev)}"
+            worst = f"**{pct(ev['worst_case_acc'])}** [{pct(lo)}, {pct(hi)}]"
+            clean, gate = pct(ev["clean_acc"]), _gate_cell(ev, config)
+        else:
+            data, clean = DATASET_NAMES.get(e.dataset, e.dataset), pct(m.get("clean", float("nan")))
+            aa_text, worst, gate = pct(m.get("autoattack", float("nan"))), f"**{pct(m.get('worst_case', float('nan')))}**", "-"
+        rows.append(f"| `{e.model}` | {data} | {clean} | {aa_text} | {worst} | {gate} | {e.note or ''} |")
+    if len(rows) == 2:
+        rows.append("| (none published yet) | | | | | | |")
+    return "\n".join(rows)
+
+
+def update_models_table(path: str | Path, registry: Path | None = None) -> bool:
+    """Rewrite the table between the models markers of ``path``; True when it changed."""
+    path = Path(path)
+    text = path.read_text()
+    if MODELS_BEGIN not in text or MODELS_END not in text:
+        raise CheckpointError(f"{path} has no {MODELS_BEGIN} ... {MODELS_END} block to update")
+    new = text[:text.index(MODELS_BEGIN) + len(MODELS_BEGIN)] + "\n" + models_table(registry) + "\n" + \
+        text[text.index(MODELS_END):]
+    if new != text:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, new)
+    return new != text

@@ -224,7 +224,17 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
         load_state(model.backbone, state, str(directory / WEIGHTS))  # a timm-native checkpoint
     else:
         load_state(model, state, str(directory / WEIGHTS))
+    names = config.get("label_names")
+    if isinstance(names, list) and len(names) == config["num_classes"]:
+        attach_label_names(model, names)
     return model.to(device).eval()
+
+
+def attach_label_names(model: nn.Module, names: list[str]) -> None:
+    """The class names in the model's ``pretrained_cfg['label_names']`` (timm's place for them):
+    ``model.pretrained_cfg["label_names"][logits.argmax()]`` names a prediction."""
+    target = model.backbone if isinstance(model, Normalized) else model
+    target.pretrained_cfg = {**dict(getattr(target, "pretrained_cfg", None) or {}), "label_names": tuple(names)}
 
 
 def sha256_of(path: str | Path) -> str:

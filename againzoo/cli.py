@@ -428,6 +428,19 @@ def zoo_build(
     typer.echo(f"wrote {work_dir / 'manifest.json'} and {card}")
 
 
+@zoo_app.command("table")
+@user_errors
+def zoo_table(update: Optional[Path] = typer.Option(None, "--update", help="rewrite the table between the "
+                                                    "<!-- models:begin/end --> markers of this file (README.md)")) -> None:
+    """The published models as a Markdown table (the README's), from the registry and zoo/ records."""
+    from .card import models_table, update_models_table
+
+    if update is None:
+        typer.echo(models_table())
+        return
+    typer.echo(f"{'updated' if update_models_table(update) else 'unchanged'}: {update}")
+
+
 @zoo_app.command("join")
 @user_errors
 def zoo_join(parts_dir: Path = typer.Argument(..., help="folder with NN-<id>.parts.json and NN-<id>.tar.NNN"),

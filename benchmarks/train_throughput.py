@@ -2,13 +2,20 @@
 ModelEmaV3 updated after every step), same backbone, batch, precision and attack.
 
 Each variant runs in its own process (so peak memory is its own) through the trainer's real
-step, ``againzoo.training.trainer.train_step``. Prints a table and writes JSON.
+step, ``againzoo.training.trainer.train_step``. Prints a table and writes JSON. ``--variants``
+picks others: ``again_pgd_at_checked`` (the model's per-step value checks on: the host syncs the
+trainer turns off), ``pgd_at_compiled`` / ``again_pgd_at_compiled`` (``compile: true``, torch.compile
+of the backbone). ``--profile`` adds, per variant, where the step's time goes by op family
+(torch.profiler, device time on CUDA, CPU time on the CPU): convolutions, BN, matmuls (heads),
+elementwise (the attack's update, HFF), reductions (HFF statistics, pooling), the optimiser, random
+draws, copies and host syncs.
 
 Under torchrun the variants run one after another in each rank's process, data-parallel (DDP, the
 trainer's step), with ``--batch`` the global batch; the table has each rank's and the job's img/s,
 and the scaling efficiency when ``--single`` names a one-process JSON of the same settings.
 
     python benchmarks/train_throughput.py                      # tiny, CPU (what CI runs)
+    python benchmarks/train_throughput.py --variants again_pgd_at,again_pgd_at_checked --profile
     python benchmarks/train_throughput.py --device cuda --width 64 --px 32 --batch 512 --steps 30
     torchrun --nproc_per_node 8 benchmarks/train_throughput.py --device cuda --width 64 --px 32 \
         --batch 4096 --steps 30 --json benchmarks/train_throughput_8gpu.json --single benchmarks/train_throughput.json
@@ -27,20 +34,63 @@ from pathlib import Path
 import torch
 
 VARIANTS = ("pgd_at", "again_pgd_at", "again_pgd_at_ema")
+EXTRA = ("again_pgd_at_checked", "pgd_at_compiled", "again_pgd_at_compiled")
+# op-name patterns (lower case) -> family, first match wins
+FAMILIES = (("host sync", ("_local_scalar_dense", "item", "synchronize", "aminmax")),
+            ("optimizer", ("_foreach", "fused_sgd", "sgd", "adam")),
+            ("convolution", ("conv",)),
+            ("batch norm", ("batch_norm",)),
+            ("matmul (heads)", ("addmm", "mm", "linear", "matmul", "bmm")),
+            ("random", ("randperm", "rand", "uniform", "normal", "bernoulli", "randint")),
+            ("reductions (HFF stats, pooling)", ("mean", "var", "sum", "std", "amax", "amin", "avg_pool", "adaptive")),
+            ("copy / layout", ("copy", "to_copy", "contiguous", "clone", "cat", "stack")),
+            ("elementwise (attack, HFF, gate)", ("add", "mul", "sub", "div", "sign", "clamp", "where", "sqrt",
+                                                 "relu", "threshold", "neg", "exp", "log", "softmax", "index", "gather",
+                                                 "fill", "zero", "ge", "lt", "gt", "le", "eq")))
+
+
+def family(name: str) -> str:
+    n = name.lower()
+    return next((fam for fam, pats in FAMILIES if any(p in n for p in pats)), "other")
+
+
+def profile_step(step, steps: int, device: torch.device) -> dict:
+    """Time per training step by op family (self time, so nothing is counted twice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    fams: dict[str, float] = {}
+    for e in prof.key_averages():
+        t = getattr(e, key, 0.0) or 0.0
+        if e.key.startswith("ProfilerStep") or t <= 0:
+            continue
+        fams[family(e.key)] = fams.get(family(e.key), 0.0) + t / 1000.0 / steps
+    total = sum(fams.values()) or 1.0
+    return {"time": "device" if device.type == "cuda" else "cpu", "ms_per_step": dict(sorted(fams.items(), key=lambda kv: -kv[1])),
+            "share": {k: v / total for k, v in fams.items()}}
 
 
 def run_variant(args: argparse.Namespace) -> dict:
     from againzoo import recipes
     from againzoo.training.throughput import measure
 
+    v = args.variant
     r = recipes.parse({
         "name": "bench",
-        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": args.variant != "pgd_at"}},
+        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": not v.startswith("pgd_at")}},
         "attack": {"eps": "8/255", "step_size": "2/255", "steps": args.attack_steps},
         "precision": args.precision, "batch_size": args.batch,
-        "ema": {"decay": 0.999} if args.variant.endswith("_ema") else None,
+        "ema": {"decay": 0.999} if v.endswith("_ema") else None,
+        "compile": v.endswith("_compiled"),
     })
-    return {"variant": args.variant, **measure(r, args.device, (3, args.px, args.px), 10, args.steps, args.warmup)}
+    hooks = {"validate_values": v.endswith("_checked"), "profile": profile_step if args.profile else None}
+    return {"variant": v, **measure(r, args.device, (3, args.px, args.px), 10, args.steps, args.warmup, **hooks)}
 
 
 def main() -> None:
@@ -56,8 +106,14 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--json", default="benchmarks/train_throughput.json")
     p.add_argument("--single", help="a one-process JSON of this benchmark (same settings) for the scaling efficiency")
-    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS + EXTRA)}")
+    p.add_argument("--profile", action="store_true", help="also time each variant's step by op family (torch.profiler)")
+    p.add_argument("--variant", choices=VARIANTS + EXTRA, help=argparse.SUPPRESS)
     args = p.parse_args()
+    chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in VARIANTS + EXTRA]
+    if unknown:
+        sys.exit(f"error: unknown variants {unknown}; known: {', '.join(VARIANTS + EXTRA)}")
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -68,13 +124,13 @@ def main() -> None:
 
         env = dist.env_from_launcher()
         created = dist.init(env, resolve_device(dist.local_device(env, args.device)))
-        rows = [run_variant(argparse.Namespace(**{**vars(args), "variant": v})) for v in VARIANTS]
+        rows = [run_variant(argparse.Namespace(**{**vars(args), "variant": v})) for v in chosen]
         dist.shutdown(created)
         if not env.is_main:
             return
     else:
         rows = []
-        for v in VARIANTS:
+        for v in chosen:
             cmd = [sys.executable, __file__, "--variant", v] + [a for a in sys.argv[1:]]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             rows.append(json.loads(out))
@@ -82,11 +138,16 @@ def main() -> None:
         single = {r["variant"]: r["images_per_s"] for r in json.loads(Path(args.single).read_text())["results"]}
         for r in rows:
             r["scaling_efficiency"] = r["total_images_per_s"] / (r["world_size"] * single[r["variant"]])
-    base, again, ema = rows
+    by = {r["variant"]: r["total_images_per_s"] for r in rows}
+    ratio = lambda a, b: by[a] / by[b] - 1.0 if a in by and b in by else None  # noqa: E731
     result = {"config": {k: v for k, v in vars(args).items() if k not in ("variant", "json")},
-              "results": rows, "again_overhead": base["total_images_per_s"] / again["total_images_per_s"] - 1.0,
-              "ema_overhead": again["total_images_per_s"] / ema["total_images_per_s"] - 1.0,
+              "results": rows, "again_overhead": ratio("pgd_at", "again_pgd_at"),
+              "ema_overhead": ratio("again_pgd_at", "again_pgd_at_ema"),
+              "checks_overhead": ratio("again_pgd_at", "again_pgd_at_checked"),
+              "compile_speedup": {k: by[f"{k}_compiled"] / by[k] for k in ("pgd_at", "again_pgd_at")
+                                  if k in by and f"{k}_compiled" in by},
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    base = rows[0]
     world = base["world_size"]
     print(f"PGD-{args.attack_steps} adversarial training, {args.arch} width {args.width}, {args.px}px, global batch "
           f"{args.batch}, {world} x {base['device']} ({base['precision']})")
@@ -95,9 +156,21 @@ def main() -> None:
     for r in rows:
         print(f"{r['variant']:<18}{r['images_per_s']:>12.1f}{r['total_images_per_s']:>13.1f}{r['step_s']:>10.4f}"
               f"{r['peak_memory_mb']:>10.0f}" + (f"{r['scaling_efficiency']:>9.2f}" if args.single else ""))
-    print(f"AGAIN overhead: {100 * result['again_overhead']:+.1f}% ({base['memory_kind']}"
-          + (", peak memory of all variants in one process per rank" if distributed else "") + ")")
-    print(f"EMA overhead: {100 * result['ema_overhead']:+.1f}% (AGAIN-PGD-AT with vs without weight averaging)")
+    if result["again_overhead"] is not None:
+        print(f"AGAIN overhead: {100 * result['again_overhead']:+.1f}% ({base['memory_kind']}"
+              + (", peak memory of all variants in one process per rank" if distributed else "") + ")")
+    if result["ema_overhead"] is not None:
+        print(f"EMA overhead: {100 * result['ema_overhead']:+.1f}% (AGAIN-PGD-AT with vs without weight averaging)")
+    if result["checks_overhead"] is not None:
+        print(f"value-check overhead: {100 * result['checks_overhead']:+.1f}% (per-step host syncs on vs off)")
+    for k, v in result["compile_speedup"].items():
+        print(f"torch.compile: {v:.2f}x the eager {k} rate")
+    for r in rows:
+        if r.get("profile"):
+            prof = r["profile"]
+            print(f"\nwhere {r['variant']}'s step goes ({prof['time']} time, ms per step):")
+            for fam, ms in prof["ms_per_step"].items():
+                print(f"  {fam:<34}{ms:>10.2f}{100 * prof['share'][fam]:>8.1f}%")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

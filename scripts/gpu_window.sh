@@ -3,8 +3,9 @@
 # the zoo build sized to what is left of the command's time; results to $OUT.
 #   bash scripts/gpu_window.sh [SECONDS]     (default 570: the whole command, inside the device's 600)
 # Every finished zoo entry is packed into $OUT/parts at once, so a command stopped at its limit
-# still hands back what it finished. $OUT gets at most 8 files: log, train_throughput.json and per
-# entry NN-<id>.parts.json + two parts of at most 15.5 MiB.
+# still hands back what it finished. $OUT gets at most 8 files: log, train_throughput.json,
+# profile.json, again_study.json (with STUDY=...) and per entry NN-<id>.parts.json + parts of at most
+# 15.5 MiB (ZOO=0 skips the build, e.g. a window spent on the study).
 # A CPU rehearsal at tiny size (DEVELOPERS.md): DEVICE=cpu WHEELS=0 BENCH="..." ZOO_ARGS="..." bash scripts/gpu_window.sh 300
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,20 @@ left() { echo $(( limit - ($(date +%s) - start) )); }
   fi
   [ "${BENCHMARK:-1}" = 1 ] && timeout 60 python3 benchmarks/train_throughput.py --device "$device" $bench \
       --json "$out/train_throughput.json"
+  # a profile of the step, and the fast-path candidates against eager (a couple of minutes; PROFILE=0 skips)
+  [ "${PROFILE:-1}" = 1 ] && timeout 150 python3 benchmarks/train_throughput.py --device "$device" $bench \
+      --variants pgd_at,again_pgd_at,again_pgd_at_checked,pgd_at_compiled,again_pgd_at_compiled --profile \
+      --json "$out/profile.json"
+  # the AGAIN study at full width when STUDY names its variants (e.g. STUDY=twin,paper,soft,pred):
+  # STUDY_SET are its extra overrides (epochs, data.limit), STUDY_SECONDS its time; JSON to $OUT
+  if [ -n "${STUDY:-}" ]; then
+    timeout "${STUDY_SECONDS:-420}" python3 benchmarks/again_study.py --device "$device" --data-dir .data \
+        --variants "$STUDY" --seeds "${STUDY_SEEDS:-0,1}" --n 1000 --aa-iter 20 --n-targets 3 --quiet \
+        --set model.kwargs.width=64 --set batch_size=512 --set optimizer.lr=0.2 ${STUDY_SET:-} \
+        --out runs/study --json "$out/again_study.json"
+    echo "study exit $?; $(left) s left"
+    [ "${ZOO:-1}" = 1 ] || { ls -la "$out"; exit 0; }
+  fi
   budget=$(( $(left) - 20 ))   # 20 s for the last pack and the transfer
   echo "zoo build with a budget of $budget s"
   timeout $(( budget + 10 )) python3 -m againzoo zoo build --device "$device" --data-dir .data \

@@ -64,3 +64,42 @@ def test_cpu_contention_benchmark_runs(tmp_path):
     assert all(r["alone_s"] > 0 and r["busy_over_alone"] == pytest.approx(r["busy_s"] / r["alone_s"], rel=0.01)
                for r in data["results"])
     assert "busy/alone" in stdout
+
+
+def test_train_throughput_profile_and_extra_variants(tmp_path):
+    data, stdout = run_benchmark("train_throughput.py", tmp_path / "p.json", "--batch", "8", "--steps", "1",
+                                 "--warmup", "0", "--attack-steps", "2", "--variants",
+                                 "again_pgd_at,again_pgd_at_checked", "--profile")
+    assert [r["variant"] for r in data["results"]] == ["again_pgd_at", "again_pgd_at_checked"]
+    prof = data["results"][0]["profile"]
+    assert prof["time"] == "cpu" and prof["ms_per_step"]["convolution"] > 0
+    assert abs(sum(prof["share"].values()) - 1) < 1e-6
+    assert data["checks_overhead"] is not None and "where again_pgd_at's step goes" in stdout
+
+
+@pytest.mark.slow
+def test_the_compiled_training_step_matches_eager(tmp_path):
+    """compile: true (torch.compile of the backbone, inductor on CPU) trains a step of an AGAIN model
+    to the same loss as eager, with the state_dict keys unchanged."""
+    import torch
+
+    from againzoo import recipes
+    from againzoo.training.methods import METHODS, StepContext
+    from againzoo.training.trainer import compile_model, device_setup, make_model, make_optimizer, train_step
+
+    r = recipes.parse({"name": "c", "model": {"kwargs": {"width": 4}, "again": {"enabled": True, "hff": False}},
+                       "attack": {"steps": 1, "random_start": False}, "batch_size": 8})
+    losses, keys = [], []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = make_model(r, 10, {"pretrained_cfg_overlay": {"input_size": (3, 16, 16)}})
+        if compiled:
+            compile_model(model)
+        opt = make_optimizer(r, model, torch.device("cpu"))
+        ctx = StepContext(model, r.attack, True, 1.0, 0.0, device_setup(r, torch.device("cpu")).autocast)
+        torch.manual_seed(1)
+        x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 10
+        losses.append([float(train_step(ctx, METHODS["pgd_at"], opt, x, y)[0]) for _ in range(2)])
+        keys.append(sorted(model.state_dict()))
+    assert keys[0] == keys[1]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)

@@ -28,3 +28,11 @@ def test_model_card_has_hub_metadata_for_every_model():
     runs = [p for p in (ROOT / "zoo").iterdir() if (p / "eval.json").exists()]
     assert len(index) == len(runs)
     assert len(card.data.eval_results) == sum(len(r["metrics"]) for m in index for r in m["results"]) > 0
+
+
+def test_the_readme_models_table_is_generated_from_the_records():
+    from againzoo.card import MODELS_BEGIN, MODELS_END, models_table
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index(MODELS_BEGIN) + len(MODELS_BEGIN):text.index(MODELS_END)].strip()
+    assert table == models_table(), "README's model table is stale: run `againzoo zoo table --update README.md`"

@@ -1,5 +1,6 @@
-"""The README is executable: every ``bash`` and ``python`` block of README.md and export/README.md
-runs here, in order, in a copy of the repository, so an example can never drift from the code.
+"""The docs are executable: every ``bash`` and ``python`` block of README.md, the pages of docs/ (in
+the order the README links them) and export/README.md runs here, in order, in a copy of the
+repository, so an example can never drift from the code.
 
 Documented substitutions (the only ones), for CI's 2 cores and no network:
 
@@ -37,7 +38,8 @@ from againzoo.cli import app
 from againzoo.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "export" / "README.md"]
+PAGES = ["model", "training", "gpu", "evaluation", "zoo", "onnx", "analysis", "benchmarks"]
+DOCS = [ROOT / "README.md", *(ROOT / "docs" / f"{p}.md" for p in PAGES), ROOT / "export" / "README.md"]
 TINY_TRAIN = ["model.kwargs.width=4", "epochs=1", "data.dataset=digits", "data.val_size=50", "eval.n_val=20",
               "eval.n_test=20", "eval.n_train=20", "attack.steps=1", "eval.attack_steps=1", "batch_size=64",
               "log_every=1000"]
@@ -62,6 +64,16 @@ def blocks() -> list[tuple[str, str, str]]:
 def test_the_readmes_have_the_blocks_this_test_runs():
     langs = [lang for _, lang, _ in blocks()]
     assert langs.count("bash") >= 8 and langs.count("python") >= 4
+    assert sorted(p.stem for p in (ROOT / "docs").glob("*.md")) == sorted(PAGES)  # every page is run
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"docs/{p}.md" in readme for p in PAGES)  # and linked from the front page
+
+
+def test_the_front_page_has_setup_models_and_a_working_example_first():
+    head = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
+    assert "pip install -e . && againzoo train quickstart" in head and "<!-- test-command -->" in head
+    assert "<!-- models:begin -->" in head and "<!-- models:end -->" in head
+    assert 'torch.hub.load(".", "again_resnet18"' in head and "label_names" in head
 
 
 @pytest.fixture(scope="module")

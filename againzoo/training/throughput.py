@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import resource
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,33 +20,43 @@ from ..adapter import AgainModel
 from ..recipes import Recipe
 from . import distributed as dist_mod
 from .methods import METHODS, StepContext
-from .trainer import device_setup, make_ema, make_model, make_optimizer, resolve_device, train_step
+from ..runtime import resolve_device
+from .trainer import compile_model, device_setup, make_ema, make_model, make_optimizer, train_step
 
 
 def measure(recipe: Recipe, device: str | torch.device | None = None, input_size: tuple[int, int, int] = (3, 32, 32),
-            num_classes: int = 10, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
+            num_classes: int = 10, steps: int = 3, warmup: int = 1, validate_values: bool = False,
+            profile: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Time ``steps`` training steps after ``warmup`` ones; returns images/s (this process's and, under
-    torchrun, the job's total), step time, peak memory."""
+    torchrun, the job's total), step time, peak memory. ``validate_values`` turns the model's per-step
+    value checks back on (the trainer's default is off); ``profile(step, steps, device)``, when given,
+    is called after the timing with a function that runs one more step, and its result is returned
+    under ``profile``."""
     env = dist_mod.env_from_launcher()
     dev = resolve_device(dist_mod.local_device(env, str(device) if device is not None else None))
     created = dist_mod.init(env, dev)
     try:
-        return _measure(recipe, dev, env, input_size, num_classes, steps, warmup)
+        return _measure(recipe, dev, env, input_size, num_classes, steps, warmup, validate_values, profile)
     finally:
         dist_mod.shutdown(created)
 
 
 def _measure(recipe: Recipe, dev: torch.device, env: dist_mod.DistEnv, input_size: tuple[int, int, int],
-             num_classes: int, steps: int, warmup: int) -> dict[str, Any]:
+             num_classes: int, steps: int, warmup: int, validate_values: bool = False,
+             profile: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     batch = dist_mod.local_batch_size(recipe.batch_size, env)
     torch.manual_seed(0)
     model_args = {**recipe.model.kwargs, "pretrained_cfg_overlay": {"input_size": input_size}}
     model = make_model(recipe, num_classes, model_args).to(dev)
+    if isinstance(model, AgainModel):
+        model.validate_values = validate_values
     setup = device_setup(recipe, dev)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(recipe, model, dev)
     ema = make_ema(recipe, model)
+    if recipe.compile:
+        compile_model(model)
     ddp = dist_mod.wrap(model, dev, find_unused=isinstance(model, AgainModel)) if env.distributed else None
     x = torch.rand(batch, *input_size, device=dev)
     y = torch.randint(0, num_classes, (batch,), device=dev)
@@ -73,7 +83,15 @@ def _measure(recipe: Recipe, dev: torch.device, env: dist_mod.DistEnv, input_siz
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     rate = batch * steps / dt
     total = dist_mod.all_reduce_sum([rate], dev)[0]
-    return {"images_per_s": rate, "total_images_per_s": total, "world_size": env.world_size,
+    extra: dict[str, Any] = {}
+    if profile is not None:
+        counter = {"step": warmup + steps}
+
+        def one_step() -> None:
+            counter["step"] += 1
+            train_step(ctx, method, opt, x, y, ema=ema, step=counter["step"], ddp=ddp)
+        extra["profile"] = profile(one_step, max(1, min(steps, 5)), dev)
+    return {**extra, "images_per_s": rate, "total_images_per_s": total, "world_size": env.world_size,
             "step_s": dt / steps, "peak_memory_mb": peak / 2**20,
             "memory_kind": "cuda max_allocated" if dev.type == "cuda" else "process max RSS",
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",

@@ -38,7 +38,7 @@ from ..adapter import AgainModel
 from ..data import NUM_CLASSES, ArrayDataset, TensorLoader, load_dataset
 from ..errors import ConfigError, DataError, OutputError, TrainingError
 from ..gate_diagnostics import gate_figures
-from ..factory import build_model
+from ..factory import Normalized, build_model
 from ..checkpoint import CONFIG, WEIGHTS, model_config, save_pretrained
 from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl, remove_stale_temporaries
@@ -83,7 +83,18 @@ def _model_args(recipe: Recipe, train: ArrayDataset) -> dict[str, Any]:
 def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> torch.nn.Module:
     a = recipe.model.again
     again = a.model_options() if a.enabled else None
-    return build_model(recipe.model.arch, num_classes, again, **model_args)
+    model = build_model(recipe.model.arch, num_classes, again, **model_args)
+    if isinstance(model, AgainModel):
+        model.validate_values = False  # training data is checked once, at load: no host sync per step
+    return model
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """``torch.compile`` of the network a training step runs (the backbone, AGAIN's hooks traced), in
+    place: state_dict keys and the module tree stay as they are. Called after the weight average is
+    copied from the model, so that the average runs eagerly."""
+    target = model.backbone if isinstance(model, (AgainModel, Normalized)) else model
+    target.compile()
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,10 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         test_ds: ArrayDataset | None = load_dataset(d.dataset, "test", d.data_dir, d.source, d.download)
     except DataError:
         test_ds = None
+    n_classes = NUM_CLASSES[d.dataset]
+    if len(train_ds.y) and (int(train_ds.y.min()) < 0 or int(train_ds.y.max()) >= n_classes):
+        raise DataError(f"{d.dataset} training labels must be in [0, {n_classes}), got values in "
+                        f"[{int(train_ds.y.min())}, {int(train_ds.y.max())}]")
     if env.distributed and len(train_ds) < recipe.batch_size:
         raise ConfigError(f"{len(train_ds)} training images make no full global batch of {recipe.batch_size} "
                           f"(data-parallel runs drop the last partial batch)")
@@ -308,6 +323,8 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
         proxy = _prepare(recipe, num_classes, model_args, dev, env, setup)
         awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr, distributed=env.distributed)
     ema = make_ema(recipe, model)
+    if recipe.compile:
+        compile_model(model)
     rng = random.Random(recipe.seed)  # the AGAIN draws: the same on every rank
     again_on = isinstance(model, AgainModel)
     label_gate = again_on and model.gate_source == "label"
