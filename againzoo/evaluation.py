@@ -405,6 +405,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         flags += f2
     if A.is_again(model):
         result["gate"] = gate_diagnostics(model, x, y, worst_x, yc, batch_size, seed)
+        result["gate"]["adversarial_examples"] = (f"the {suite} suite's per-example worst case on the {len(idx)} "
+                                                  f"clean-correct of {n} images")
         flags.append(_flag("gate_shortcut", not result["gate"]["gate_shortcut"], describe(result["gate"])))
     result["flags"] = flags
     result["checks"] = check_numbers

@@ -131,6 +131,7 @@ def test_compactness_orders_tight_and_loose_clusters():
     assert compactness(tight.numpy(), labels.numpy()) < 0.05 < compactness(loose.numpy(), labels.numpy())
 
 
+@pytest.mark.slow
 def test_every_command_writes_png_and_json(tiny_runs, tmp_path):
     a, b = str(tiny_runs["again"]), str(tiny_runs["plain"])
     runner = CliRunner()

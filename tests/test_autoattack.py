@@ -59,6 +59,7 @@ def test_plain_model_gets_one_official_run(tiny_runs, digits_test):
     assert r["worst_case_acc"] == r["columns"]["AA"] == r["attacks"]["AA"]["acc"]
 
 
+@pytest.mark.slow
 def test_our_apgd_ce_agrees_with_the_official_apgd_ce(tiny_runs, digits_test):
     from pyautoattack.autopgd_base import APGDAttack
 

@@ -19,6 +19,7 @@ def run_benchmark(script: str, out: Path, *args: str) -> tuple[dict, str]:
     return json.loads(out.read_text()), res.stdout
 
 
+@pytest.mark.slow
 def test_train_throughput_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("train_throughput.py", tmp_path / "train.json", "--batch", "8", "--steps", "1",
                                  "--warmup", "0", "--attack-steps", "2")
@@ -40,6 +41,7 @@ def test_train_throughput_benchmark_runs(tmp_path):
     assert res.stdout.count("total img/s") == 1  # rank 0 prints the table
 
 
+@pytest.mark.slow
 def test_eval_throughput_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("eval_throughput.py", tmp_path / "eval.json", "--n", "4")
     rows = data["results"]
@@ -48,6 +50,7 @@ def test_eval_throughput_benchmark_runs(tmp_path):
     assert data["aa_over_quick"] > 0 and "official AutoAttack" in stdout
 
 
+@pytest.mark.slow
 def test_inference_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("inference.py", tmp_path / "inf.json", "--iters", "2")
     rows = data["results"]
@@ -56,6 +59,7 @@ def test_inference_benchmark_runs(tmp_path):
     assert "vs torch cpu" in stdout
 
 
+@pytest.mark.slow
 def test_cpu_contention_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("cpu_contention.py", tmp_path / "cpu.json", "--set", "epochs=1",
                                  "--set", "model.kwargs.width=4", "--set", "data.val_size=50", "--set", "eval.n_val=20",

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 import againzoo
@@ -21,12 +23,13 @@ def test_recipes_and_models_as_json():
 
 
 def test_eval_as_json_is_the_eval_record(tiny_runs):
-    res = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "-n", "8", "--json"])
+    res = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "-n", "8", "--json", "--aa-budget", "5,2,5"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.output)
     assert result["suite"] == "quick" and result["data"]["n"] == 8 and 0 <= result["worst_case_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_progress_bars_stay_off_in_non_tty_logs(tmp_path):
     """A training run whose stderr is a file (a CI log) writes no carriage-return progress lines."""
     import subprocess

@@ -14,6 +14,8 @@ from againzoo.training.trainer import device_setup, make_optimizer
 
 from .conftest import TINY_RUN
 
+pytestmark = pytest.mark.slow  # every method through the CUDA path on CPU (~40 s): the slow tier
+
 CUDA_LIKE = ["precision=bf16", "channels_last=true", "optimizer.fused=true"]
 
 

@@ -21,6 +21,8 @@ from againzoo.io import load_tensors, read_jsonl
 from againzoo.training import train
 from againzoo.training.distributed import DistEnv, env_from_launcher, local_batch_size
 
+pytestmark = pytest.mark.slow  # multi-process runs (~1 min): the slow tier
+
 ROOT = Path(__file__).resolve().parents[1]
 N_DIGITS_TRAIN = 1497  # the embedded digits training split
 ONE_STEP = ["model.kwargs.width=8", "epochs=1", "batch_size=64", f"data.val_size={N_DIGITS_TRAIN - 64}",

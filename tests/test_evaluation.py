@@ -67,6 +67,7 @@ def test_pgd_breaks_an_undefended_model_on_real_images(undefended, real_images):
     assert accuracy(undefended, x, y, eps=8 / 255, steps=10) <= 0.02
 
 
+@pytest.mark.slow
 def test_masked_toy_is_flagged_and_broken_by_the_adaptive_suite(undefended, real_images):
     x, y = real_images[0][:96], real_images[1][:96]
     toy = QuantizedInput(undefended).eval()

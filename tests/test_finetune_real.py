@@ -6,6 +6,9 @@ from againzoo.attacks import pgd
 from againzoo.losses import joint_loss
 
 from .conftest import tiny
+import pytest
+
+pytestmark = pytest.mark.slow  # fine-tuning on real images: the slow tier
 
 EPS = 8 / 255
 

@@ -27,6 +27,8 @@ from againzoo.training.checkpoint import STATE
 
 from .conftest import TINY_RUN
 
+pytestmark = pytest.mark.slow  # ten SIGKILLs of a training run (~40 s): the slow tier
+
 OVERRIDES = [*TINY_RUN, "epochs=6", "model.kwargs.width=4", "ema.decay=0.9"]
 KILLS = 10
 

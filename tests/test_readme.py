@@ -157,6 +157,7 @@ def _run_python(code: str, ns: dict, where: str) -> None:
             exec(stmt, ns)
 
 
+@pytest.mark.slow
 def test_every_readme_block_runs(repo, monkeypatch):
     monkeypatch.chdir(repo)
     monkeypatch.setenv("AGAINZOO_REGISTRY", str(repo / "againzoo" / "registry.json"))

@@ -25,6 +25,7 @@ def digits_test():
     return torch.from_numpy(ds.x).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(ds.y)
 
 
+@pytest.mark.slow
 def test_quickstart_is_robust_where_standard_training_is_not(tmp_path):
     robust_dir = train("quickstart", overrides=[f"output_dir={tmp_path / 'a'}"], progress=False)
     plain_dir = train("quickstart", overrides=[f"output_dir={tmp_path / 'b'}", "method.name=standard",
@@ -59,6 +60,7 @@ def _cli(out, *extra):
     return cmd + list(extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--set", "ema.decay=0.9"]], ids=["raw", "ema"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -66,6 +66,7 @@ def test_constant_decay_without_warmup():
     torch.testing.assert_close(ema.module.state_dict()[k], w0[k] + 0.5)
 
 
+@pytest.mark.slow
 def test_selection_and_saving_use_the_average(tmp_path, digits_test):
     run = train("quickstart", overrides=[f"output_dir={tmp_path}", *TINY_RUN, "ema.decay=0.8"], progress=False)
     state, _ = load_tensors(run / "state" / "state.safetensors")

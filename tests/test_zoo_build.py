@@ -20,6 +20,8 @@ from againzoo.zoo import ZooEntry, build, join, pack
 
 from .conftest import TINY_RUN
 
+pytestmark = pytest.mark.slow  # a whole zoo build (train, publish, evaluate) at tiny size: the slow tier
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_EVAL = {"pgd_steps": (2,), "cw_steps": 2, "n_check": 8, "aa_budget": {"n_iter": 5, "n_targets": 2, "n_queries": 10}}
 ENTRIES = [ZooEntry("again_resnet18", "quickstart"), ZooEntry("resnet18_cifar", "quickstart", ("model.again.enabled=false",))]
