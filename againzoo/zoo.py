@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .version import __version__
@@ -43,7 +44,7 @@ from .card import zoo_card
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate_checkpoint
 from .checkpoint import CONFIG, WEIGHTS, sha256_of
-from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from .io import atomic_write_json, atomic_write_text, load_tensors, replace_dir
 from .registry import PretrainedEntry, register
 from .registry import path as registry_path
 
@@ -149,14 +150,16 @@ def publish_fp16(run_dir: Path, target: Path) -> Path:
     """The run's selected checkpoint as fp16 safetensors + config.json + metrics.jsonl in ``target``."""
     src = run_dir / "best" if (run_dir / "best" / CONFIG).exists() else run_dir
     tensors, _ = load_tensors(src / WEIGHTS)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    save_tensors(target / WEIGHTS, half, metadata={"format": "pt", "dtype": "float16", "againzoo_version": __version__})
+    half = {k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in tensors.items()}
     config = json.loads((src / CONFIG).read_text())
     config["published"] = {"dtype": "float16", "from": f"{src.name}/" if src != run_dir else "last epoch",
                            "note": "evaluated as published: these fp16 weights, upcast to fp32 on load"}
-    atomic_write_json(target / CONFIG, config)
-    shutil.copyfile(run_dir / "metrics.jsonl", target / "metrics.jsonl")
-    return target
+
+    def write(tmp: Path) -> None:  # one unit: the previous entry (and its eval.json) until this one is whole
+        save_file(half, str(tmp / WEIGHTS), metadata={"format": "pt", "dtype": "float16", "againzoo_version": __version__})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        shutil.copyfile(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+    return replace_dir(target, write)
 
 
 def regenerate_card(zoo_dir: Path, card: Path) -> Path:
