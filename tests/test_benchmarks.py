@@ -70,6 +70,7 @@ def test_cpu_contention_benchmark_runs(tmp_path):
     assert "busy/alone" in stdout
 
 
+@pytest.mark.slow
 def test_train_throughput_profile_and_extra_variants(tmp_path):
     data, stdout = run_benchmark("train_throughput.py", tmp_path / "p.json", "--batch", "8", "--steps", "1",
                                  "--warmup", "0", "--attack-steps", "2", "--variants",
@@ -107,3 +108,26 @@ def test_the_compiled_training_step_matches_eager(tmp_path):
         keys.append(sorted(model.state_dict()))
     assert keys[0] == keys[1]
     assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
+    """The study at the CI size: trains, evaluates, tabulates with intervals and a verdict; a second
+    run reuses every finished run and replaces (not appends) its table in the results file."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nother measurements\n")
+    args = ["--tiny", "--variants", "twin,paper,pred", "--seeds", "0", "--n", "12", "--aa-iter", "2",
+            "--n-targets", "2", "--out", str(tmp_path / "runs"), "--results", str(results), "--quiet"]
+    data, stdout = run_benchmark("again_study.py", tmp_path / "study.json", *args)
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"twin", "paper", "pred"} and rows["twin"]["gate"] is None
+    for v in ("paper", "pred"):
+        w = rows[v]["worst_case"]
+        assert w["ci"][0] <= w["mean"] <= w["ci"][1] and w["diff_ci"][0] <= w["diff"] <= w["diff_ci"][1]
+        assert 0 <= rows[v]["gate"]["follows_wrong"] <= 1
+    assert data["verdict"]["text"] and "| `paper` |" in stdout
+    first = results.read_text()
+    assert first.startswith("# Results\n\nother measurements") and first.count("<!-- again-study:begin -->") == 1
+    data2, stdout2 = run_benchmark("again_study.py", tmp_path / "study2.json", *args)
+    assert [r["per_example"] for r in data2["runs"]] == [r["per_example"] for r in data["runs"]]  # reused
+    assert results.read_text().count("<!-- again-study:begin -->") == 1
