@@ -167,11 +167,15 @@ def test_variant_checkpoints_round_trip(tmp_path):
     assert torch.equal(back(X), m(X))
 
 
-VARIANTS = {
+VARIANTS = {  # the study's variants (benchmarks/again_study.py), each a recipe option
+    "paper": [],
     "authors": ["model.again.layer=[last_branch, last_stage]", "model.again.aux_weight=2", "model.again.hff=false"],
+    "branch": ["model.again.layer=last_branch"],
     "pred": ["model.again.gate_source=pred", "model.again.alpha=1.0"],
+    "soft": ["model.again.gate_source=soft", "model.again.alpha=1.0"],
     "soft_mix": ["model.again.gate_source=soft", "model.again.alpha=0.6"],
     "detach": ["model.again.detach_gate=true"],
+    "no_hff_end_half_aux2": ["model.again.hff=false", "model.again.schedule.end=0.5", "model.again.aux_weight=2"],
 }
 
 
