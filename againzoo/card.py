@@ -146,7 +146,7 @@ def _gate_lines(ev: dict[str, Any], config: dict[str, Any]) -> list[str]:
         return []
     g = ev.get("gate")
     if not g:
-        return ["Gate diagnostics: not measured (this record predates them; `againzoo eval` writes them)."]
+        return ["Gate diagnostics: not measured (this record predates them; `againzoo eval` of the weights writes them)."]
     c = g["clean"]
     lines = [f"Gate diagnostics ({c['n']} clean images): {describe_gate(g)} The prediction agrees with the class "
              f"whose row gated it on {pct(c['agree'])}% of images; with a random class's gate it is "
