@@ -199,3 +199,14 @@ def test_predict_cli_into_a_closed_pipe(exported, tmp_path):
     res = subprocess.run(f"{sys.executable} {ROOT / 'export' / 'predict.py'} {exported[0]} --npy {tmp_path / 'x.npy'}"
                          " | head -n 1", shell=True, capture_output=True, text=True, timeout=120)
     assert len(res.stdout.splitlines()) == 1 and res.stderr == "", res.stderr
+
+
+@pytest.mark.parametrize("kw", [{"gate_source": "soft"}, {"layer": ["last_branch", "last_stage"]}],
+                         ids=["soft_gate", "two_sites"])
+def test_again_variants_export_with_parity(tmp_path, kw):
+    """The soft gate (Softmax -> MatMul) and a second site on the residual branch (a pre-hook) export
+    and match PyTorch on random and adversarial images."""
+    m = tiny(pretrained_cfg_overlay={"input_size": (3, 16, 16)}, **kw).eval()
+    report = az_onnx.export(m, tmp_path / "v.onnx")
+    assert (tmp_path / "v.onnx").exists()
+    assert all(r["top1_agreement"] == 1.0 and r["gate_agreement"] == 1.0 for r in report["sets"].values())
