@@ -255,6 +255,8 @@ def card(
     run_dirs: List[Path] = typer.Argument(..., help="evaluated run directories"),
     output: Path = output_option(Path("MODEL_CARD.md"), "the Markdown file to write"),
     readme: bool = typer.Option(False, "--readme", help="also write each checkpoint's Hub README.md"),
+    notes: Optional[Path] = typer.Option(None, "--notes", help="a Markdown file shown first, under 'Read this first' "
+                                         "(the zoo's: zoo/NOTES.md)"),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Regenerate MODEL_CARD.md (and optionally per-checkpoint README.md cards) from run dirs."""
@@ -262,7 +264,11 @@ def card(
     from .io import atomic_write_text, check_replace
 
     check_replace(output, lambda p: CARD_TITLE in p.read_text(), "a model card written by againzoo", overwrite)
-    atomic_write_text(output, zoo_card(list(run_dirs)))
+    try:
+        text = notes.read_text() if notes is not None else None
+    except OSError as e:
+        raise ConfigError(f"--notes: cannot read {notes}: {e.strerror or e}") from None
+    atomic_write_text(output, zoo_card(list(run_dirs), text))
     typer.echo(f"wrote {output}")
     if readme:
         for d in run_dirs:

@@ -53,9 +53,19 @@ PAPER: dict[str, tuple[str, dict[str, float]]] = {
 }
 
 
+# what our own measurements say about the AGAIN rows (benchmarks/RESULTS.md, "The AGAIN study")
+AGAIN_CAVEAT = ("Our AGAIN study (benchmarks/RESULTS.md) could not confirm the AGAIN rows: with the paper's "
+                "label-mixed gate the classifier copies its gate, and no AGAIN variant beat the same recipe "
+                "without AGAIN beyond the interval (CPU proxy, two seeds)")
+
+
 def reference_for(recipe_name: str | None) -> dict | None:
-    """``{source, numbers}`` for a recipe that reproduces a row of the paper, else None."""
+    """``{source, numbers}`` (and, for AGAIN rows, ``caveat``: what our own study found) for a recipe
+    that reproduces a row of the paper, else None."""
     if recipe_name not in PAPER:
         return None
     where, numbers = PAPER[recipe_name]
-    return {"source": f"{SOURCE}, {where} (reported by the authors, not measured here)", "numbers": numbers}
+    out = {"source": f"{SOURCE}, {where} (reported by the authors, not measured here)", "numbers": numbers}
+    if "again" in recipe_name:
+        out["caveat"] = AGAIN_CAVEAT
+    return out

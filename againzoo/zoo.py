@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .version import __version__
 from . import recipes as recipes_mod
-from .card import zoo_card
+from .card import NOTES, zoo_card
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate_checkpoint
 from .checkpoint import CONFIG, WEIGHTS, sha256_of
@@ -166,7 +166,8 @@ def regenerate_card(zoo_dir: Path, card: Path) -> Path:
     """MODEL_CARD.md over every evaluated entry of ``zoo_dir`` (the digits demo last)."""
     dirs = sorted((p for p in zoo_dir.glob("*") if (p / "eval.json").exists()),
                   key=lambda p: (p.name == "quickstart", p.name))
-    return atomic_write_text(card, zoo_card(dirs))
+    notes = zoo_dir / NOTES
+    return atomic_write_text(card, zoo_card(dirs, notes.read_text() if notes.exists() else None))
 
 
 def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *, zoo_dir: Path = ROOT / "zoo",

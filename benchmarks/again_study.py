@@ -184,7 +184,8 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
               f"targets, plain/joint/straight-through objectives, gate-targeted attack, official APGD-CE/APGD-T with the "
               f"hard and the straight-through gate) on {config['n']} test images ({config['data']}), final weights; "
               f"gate figures on the clean images; {config['device']}, torch {config['torch']}, {config['date']}. "
-              f"Reproduce: `{config['command']}`."]
+              + (f"{config['note']} " if config.get("note") else "")
+              + f"Reproduce: `{config['command']}`."]
     return "\n".join(lines)
 
 
@@ -213,6 +214,7 @@ def main() -> None:
     p.add_argument("--json", default="benchmarks/again_study.json")
     p.add_argument("--results", default=None, help="put the table into this Markdown file (benchmarks/RESULTS.md)")
     p.add_argument("--tiny", action="store_true", help="the CI size: digits, width 4, one epoch, a few images")
+    p.add_argument("--note", default="", help="a sentence for the table's setting paragraph (how it was run)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -243,7 +245,9 @@ def main() -> None:
               "aa_iter": args.aa_iter, "n_targets": args.n_targets, "device": args.device or "auto",
               "data": runs[0]["data"].get("evaluated", "") if runs else "", "torch": torch.__version__,
               "againzoo": __version__, "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
-              "command": " ".join(["python benchmarks/again_study.py"] + sys.argv[1:])}
+              "note": args.note,
+              "command": " ".join(["python benchmarks/again_study.py"]
+                                  + [a for a in sys.argv[1:] if a != args.note and a != "--note"])}
     table = markdown(summary, config)
     print(table)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

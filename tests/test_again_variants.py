@@ -209,3 +209,16 @@ def test_recipe_validates_the_new_options():
         recipes.load("quickstart", ["model.again.layer=[layer4, layer4]"])
     with pytest.raises(ConfigError, match="data.limit"):
         recipes.load("quickstart", ["data.limit=0"])
+
+
+def test_the_zoo_recipe_and_the_references_follow_the_study_verdict():
+    """benchmarks/RESULTS.md: every label-gated variant copies its gate and no variant beats the twin;
+    the zoo's AGAIN recipe takes the best sound one (a label-free gate) and the paper's AGAIN rows
+    carry our caveat (the baselines do not)."""
+    from againzoo import recipes
+    from againzoo.references import reference_for
+
+    zoo = recipes.load("cifar10_resnet18_again_pgd_at_zoo").model.again
+    assert zoo.gate_source == "pred" and zoo.alpha == 1.0
+    assert "caveat" in reference_for("cifar10_resnet18_again_pgd_at")
+    assert "caveat" not in reference_for("cifar10_resnet18_pgd_at")

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_model_card_is_regenerated_from_zoo_records():
     runs = sorted((ROOT / "zoo").iterdir(), key=lambda p: (p.name == "quickstart", p.name))
     assert runs, "zoo/ holds each published model's config.json, eval.json and metrics.jsonl"
-    expected = zoo_card(runs)
+    runs = [p for p in runs if p.is_dir()]
+    notes = ROOT / "zoo" / "NOTES.md"
+    expected = zoo_card(runs, notes.read_text() if notes.exists() else None)
     assert (ROOT / "MODEL_CARD.md").read_text() == expected, (
         "MODEL_CARD.md is stale: regenerate it with `againzoo card zoo/<run> ... -o MODEL_CARD.md`")
 
@@ -25,7 +27,7 @@ def test_model_card_has_hub_metadata_for_every_model():
     card = ModelCard.load(ROOT / "MODEL_CARD.md")
     assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "againzoo"
     index = yaml.safe_load(text.split("---\n")[1])["model-index"]
-    runs = [p for p in (ROOT / "zoo").iterdir() if (p / "eval.json").exists()]
+    runs = [p for p in (ROOT / "zoo").iterdir() if p.is_dir() and (p / "eval.json").exists()]
     assert len(index) == len(runs)
     assert len(card.data.eval_results) == sum(len(r["metrics"]) for m in index for r in m["results"]) > 0
 
