@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .pgd import NORMS, _l2_normalize, project
+from .pgd import NORMS, _bcast, _l2_normalize, project
 
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -37,10 +37,6 @@ def _grad(obj: Objective, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
         loss, logits = obj(x)
         grad = torch.autograd.grad(loss.sum(), x)[0]
     return loss.detach(), logits.detach(), grad.detach()
-
-
-def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (x.ndim - 1)))
 
 
 def apgd(obj: Objective, x: torch.Tensor, y: torch.Tensor, eps: float, n_iter: int = 100, norm: str = "Linf",
@@ -65,12 +61,11 @@ def apgd(obj: Objective, x: torch.Tensor, y: torch.Tensor, eps: float, n_iter: i
     size = torch.full((n,), 2.0 * eps, device=x.device)
     loss, logits, grad = _grad(obj, x_adv)
     fooled = logits.argmax(1) != y
-    x_fooled = x_adv.clone()
-    x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-    x_prev = x_adv.clone()
+    x_fooled = x_best = x_prev = x_adv  # never written in place: the loop rebinds them
+    loss_best, grad_best = loss, grad
     ck = set(checkpoints(n_iter))
     improved_count = torch.zeros(n, device=x.device)
-    loss_best_ck = loss_best.clone()
+    loss_best_ck = loss_best
     reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
     last_ck = 0
     for k in range(n_iter):
@@ -80,23 +75,25 @@ def apgd(obj: Objective, x: torch.Tensor, y: torch.Tensor, eps: float, n_iter: i
             x_new = x + project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev) - x, eps, norm)
             x_prev, x_adv = x_adv, x_new.clamp(0, 1)
         loss, logits, grad = _grad(obj, x_adv)
-        with torch.no_grad():
+        with torch.no_grad():  # per-example choices by torch.where: no boolean indexing, no host sync
             now = logits.argmax(1) != y
-            new = now & ~fooled
-            x_fooled[new] = x_adv[new]
+            x_fooled = torch.where(_bcast(now & ~fooled, x), x_adv, x_fooled)
             fooled |= now
             better = loss > loss_best
             improved_count += better.float()
-            x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
+            b = _bcast(better, x)
+            x_best, grad_best = torch.where(b, x_adv, x_best), torch.where(b, grad, grad_best)
+            loss_best = torch.where(better, loss, loss_best)
             if k + 1 in ck:
                 h = k + 1 - last_ck
                 cond1 = improved_count < rho * h
                 cond2 = ~reduced_last & (loss_best <= loss_best_ck)
                 reduce = cond1 | cond2
-                size[reduce] /= 2
-                x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
+                size = torch.where(reduce, size / 2, size)
+                r = _bcast(reduce, x)
+                x_adv, grad = torch.where(r, x_best, x_adv), torch.where(r, grad_best, grad)
                 improved_count.zero_()
-                loss_best_ck = loss_best.clone()
+                loss_best_ck = loss_best
                 reduced_last = reduce
                 last_ck = k + 1
     return torch.where(_bcast(fooled, x), x_fooled, x_best).detach()

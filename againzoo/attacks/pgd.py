@@ -7,6 +7,9 @@ adaptive losses), FGSM (one step) and C&W-inf (the margin loss).
 For evaluation, ``loss_fn`` may return ``(loss, logits)`` and ``y`` be given: then every iterate
 is checked and an example keeps the first iterate that fooled the model (the strongest evidence,
 as AutoAttack does), instead of the last one.
+
+The loop makes no host syncs (``againzoo.host_sync``): per-example choices are ``torch.where``
+selections, never boolean indexing, so on a GPU the iterations queue up without the host waiting.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ LossFn = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tens
 NORMS = ("Linf", "L2")
 
 
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-example vector ``(N,)`` shaped to broadcast against a batch ``x``."""
+    return v.view(-1, *([1] * (x.ndim - 1)))
+
+
 def _l2_normalize(v: torch.Tensor) -> torch.Tensor:
-    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.ndim - 1)))
+    return v / _bcast(v.flatten(1).norm(dim=1).clamp_min(1e-12), v)
 
 
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project perturbations onto the eps-ball of ``norm``."""
     if norm == "Linf":
         return delta.clamp(-eps, eps)
-    n = delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.ndim - 1)))
+    n = _bcast(delta.flatten(1).norm(dim=1), delta)
     return delta * (eps / n.clamp_min(1e-12)).clamp(max=1.0)
 
 
@@ -80,10 +88,9 @@ def pgd(
             if track and logits is not None:
                 now = logits.argmax(1) != y
                 if best is None:
-                    best, fooled = (x + delta).detach().clone(), now
-                else:
-                    new = now & ~fooled
-                    best[new] = (x + delta)[new].detach()
+                    best, fooled = (x + delta).detach(), now
+                else:  # torch.where, not best[mask] = ...: a boolean index is a host sync per step
+                    best = torch.where(_bcast(now & ~fooled, x), x + delta, best)
                     fooled = fooled | now
             if grad is None:
                 break
@@ -93,7 +100,7 @@ def pgd(
     x_last = (x + delta).detach()
     if best is None:
         return x_last
-    return torch.where(fooled.view(-1, *([1] * (x.ndim - 1))), best, x_last)
+    return torch.where(_bcast(fooled, x), best, x_last)
 
 
 def fgsm(loss_fn: LossFn, x: torch.Tensor, eps: float, norm: str = "Linf", y: torch.Tensor | None = None) -> torch.Tensor:
