@@ -221,9 +221,11 @@ class Recipe(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Optional[bool] = None  # None: on CUDA
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
-    # torch.compile of the backbone (inductor; the AGAIN hooks are traced): off until a GPU window has
-    # measured it against eager (benchmarks/train_throughput.py --compile)
+    # torch.compile of the backbone (inductor; the AGAIN hooks are traced), in torch.compile's mode
+    # (reduce-overhead: CUDA graphs on CUDA): off until a GPU window has measured it against eager
+    # (benchmarks/train_throughput.py, the *_compiled variants)
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     seed: int = Field(0, ge=0, le=2**32 - 1)
     eval: EvalSection = EvalSection()
     output_dir: str = "runs"

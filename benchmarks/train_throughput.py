@@ -5,7 +5,9 @@ Each variant runs in its own process (so peak memory is its own) through the tra
 step, ``againzoo.training.trainer.train_step``. Prints a table and writes JSON. ``--variants``
 picks others: ``again_pgd_at_checked`` (the model's per-step value checks on: the host syncs the
 trainer turns off), ``pgd_at_compiled`` / ``again_pgd_at_compiled`` (``compile: true``, torch.compile
-of the backbone). ``--profile`` adds, per variant, where the step's time goes by op family
+of the backbone), ``*_cudagraphs`` (``compile_mode: reduce-overhead``: CUDA graphs on CUDA), and any
+other combination of the suffixes (``again_pgd_at_ema_compiled``). Each row has the host syncs of one
+step (``againzoo.host_sync``; the step is meant to have none). ``--profile`` adds, per variant, where the step's time goes by op family
 (torch.profiler, device time on CUDA, CPU time on the CPU): convolutions, BN, matmuls (heads),
 elementwise (the attack's update, HFF), reductions (HFF statistics, pooling), the optimiser, random
 draws, copies and host syncs.
@@ -34,7 +36,27 @@ from pathlib import Path
 import torch
 
 VARIANTS = ("pgd_at", "again_pgd_at", "again_pgd_at_ema")
-EXTRA = ("again_pgd_at_checked", "pgd_at_compiled", "again_pgd_at_compiled")
+EXTRA = ("again_pgd_at_checked", "pgd_at_compiled", "again_pgd_at_compiled", "pgd_at_cudagraphs",
+         "again_pgd_at_cudagraphs", "again_pgd_at_ema_compiled")
+# a variant is pgd_at or again_pgd_at followed by any of these suffixes, in this order
+SUFFIXES = {"_ema": {"ema": {"decay": 0.999}}, "_checked": {},
+            "_compiled": {"compile": True}, "_cudagraphs": {"compile": True, "compile_mode": "reduce-overhead"}}
+SPEEDUPS = ("_compiled", "_cudagraphs")  # compared with the same variant without the suffix
+
+
+def variant_settings(v: str) -> tuple[bool, dict, bool] | None:
+    """(AGAIN on, recipe keys, value checks on) for a variant name, or None if it is not one."""
+    base = "again_pgd_at" if v.startswith("again_pgd_at") else "pgd_at" if v.startswith("pgd_at") else None
+    if base is None:
+        return None
+    rest, keys, checked = v[len(base):], {}, False
+    for suffix, extra in SUFFIXES.items():
+        if rest.startswith(suffix):
+            rest, checked = rest[len(suffix):], checked or suffix == "_checked"
+            keys.update(extra)
+    return (base == "again_pgd_at", keys, checked) if not rest else None
+
+
 # op-name patterns (lower case) -> family, first match wins
 FAMILIES = (("host sync", ("_local_scalar_dense", "item", "synchronize", "aminmax")),
             ("optimizer", ("_foreach", "fused_sgd", "sgd", "adam")),
@@ -81,15 +103,14 @@ def run_variant(args: argparse.Namespace) -> dict:
     from againzoo.training.throughput import measure
 
     v = args.variant
+    again, keys, checked = variant_settings(v)
     r = recipes.parse({
         "name": "bench",
-        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": not v.startswith("pgd_at")}},
+        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": again}},
         "attack": {"eps": "8/255", "step_size": "2/255", "steps": args.attack_steps},
-        "precision": args.precision, "batch_size": args.batch,
-        "ema": {"decay": 0.999} if v.endswith("_ema") else None,
-        "compile": v.endswith("_compiled"),
+        "precision": args.precision, "batch_size": args.batch, **keys,
     })
-    hooks = {"validate_values": v.endswith("_checked"), "profile": profile_step if args.profile else None}
+    hooks = {"validate_values": checked, "profile": profile_step if args.profile else None}
     return {"variant": v, **measure(r, args.device, (3, args.px, args.px), 10, args.steps, args.warmup, **hooks)}
 
 
@@ -106,14 +127,16 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--json", default="benchmarks/train_throughput.json")
     p.add_argument("--single", help="a one-process JSON of this benchmark (same settings) for the scaling efficiency")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS + EXTRA)}")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated, e.g. {', '.join(VARIANTS + EXTRA)} (pgd_at or again_pgd_at + suffixes "
+                        f"{', '.join(SUFFIXES)}, in that order)")
     p.add_argument("--profile", action="store_true", help="also time each variant's step by op family (torch.profiler)")
-    p.add_argument("--variant", choices=VARIANTS + EXTRA, help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    unknown = [v for v in chosen if v not in VARIANTS + EXTRA]
+    unknown = [v for v in chosen + ((args.variant,) if args.variant else ()) if variant_settings(v) is None]
     if unknown:
-        sys.exit(f"error: unknown variants {unknown}; known: {', '.join(VARIANTS + EXTRA)}")
+        sys.exit(f"error: unknown variants {unknown}; for example: {', '.join(VARIANTS + EXTRA)}")
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -128,34 +151,32 @@ def main() -> None:
         dist.shutdown(created)
         if not env.is_main:
             return
-    else:
-        rows = []
+    else:  # one process per variant; the JSON is rewritten after each, and a variant that fails
+        rows = []  # (a compile error, a timeout of the whole script) leaves the others' rows behind
         for v in chosen:
             cmd = [sys.executable, __file__, "--variant", v] + [a for a in sys.argv[1:]]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            rows.append(json.loads(out))
-    if args.single:
-        single = {r["variant"]: r["images_per_s"] for r in json.loads(Path(args.single).read_text())["results"]}
-        for r in rows:
-            r["scaling_efficiency"] = r["total_images_per_s"] / (r["world_size"] * single[r["variant"]])
-    by = {r["variant"]: r["total_images_per_s"] for r in rows}
-    ratio = lambda a, b: by[a] / by[b] - 1.0 if a in by and b in by else None  # noqa: E731
-    result = {"config": {k: v for k, v in vars(args).items() if k not in ("variant", "json")},
-              "results": rows, "again_overhead": ratio("pgd_at", "again_pgd_at"),
-              "ema_overhead": ratio("again_pgd_at", "again_pgd_at_ema"),
-              "checks_overhead": ratio("again_pgd_at", "again_pgd_at_checked"),
-              "compile_speedup": {k: by[f"{k}_compiled"] / by[k] for k in ("pgd_at", "again_pgd_at")
-                                  if k in by and f"{k}_compiled" in by},
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            lines = res.stdout.strip().splitlines()
+            if res.returncode == 0 and lines:
+                rows.append(json.loads(lines[-1]))
+            else:
+                err = (res.stderr.strip().splitlines() or ["no output"])[-1]
+                rows.append({"variant": v, "error": f"exit {res.returncode}: {err[:500]}"})
+            write_json(args, summarise(args, rows, complete=len(rows) == len(chosen)))
+    result = summarise(args, rows, complete=True)
+    rows = result["results"]
+    if not rows:
+        sys.exit("error: every variant failed: " + "; ".join(r["error"] for r in result["failed"]))
     base = rows[0]
     world = base["world_size"]
     print(f"PGD-{args.attack_steps} adversarial training, {args.arch} width {args.width}, {args.px}px, global batch "
           f"{args.batch}, {world} x {base['device']} ({base['precision']})")
-    print(f"{'variant':<18}{'img/s/rank':>12}{'total img/s':>13}{'step (s)':>10}{'peak MB':>10}"
+    print(f"{'variant':<26}{'img/s/rank':>12}{'total img/s':>13}{'step (s)':>10}{'peak MB':>10}{'syncs/step':>12}"
           + (f"{'scaling':>9}" if args.single else ""))
     for r in rows:
-        print(f"{r['variant']:<18}{r['images_per_s']:>12.1f}{r['total_images_per_s']:>13.1f}{r['step_s']:>10.4f}"
-              f"{r['peak_memory_mb']:>10.0f}" + (f"{r['scaling_efficiency']:>9.2f}" if args.single else ""))
+        syncs = "-" if r.get("host_syncs_per_step") is None else str(r["host_syncs_per_step"])
+        print(f"{r['variant']:<26}{r['images_per_s']:>12.1f}{r['total_images_per_s']:>13.1f}{r['step_s']:>10.4f}"
+              f"{r['peak_memory_mb']:>10.0f}{syncs:>12}" + (f"{r['scaling_efficiency']:>9.2f}" if args.single else ""))
     if result["again_overhead"] is not None:
         print(f"AGAIN overhead: {100 * result['again_overhead']:+.1f}% ({base['memory_kind']}"
               + (", peak memory of all variants in one process per rank" if distributed else "") + ")")
@@ -164,15 +185,43 @@ def main() -> None:
     if result["checks_overhead"] is not None:
         print(f"value-check overhead: {100 * result['checks_overhead']:+.1f}% (per-step host syncs on vs off)")
     for k, v in result["compile_speedup"].items():
-        print(f"torch.compile: {v:.2f}x the eager {k} rate")
+        print(f"{k}: {v:.2f}x the eager rate")
     for r in rows:
         if r.get("profile"):
             prof = r["profile"]
             print(f"\nwhere {r['variant']}'s step goes ({prof['time']} time, ms per step):")
             for fam, ms in prof["ms_per_step"].items():
                 print(f"  {fam:<34}{ms:>10.2f}{100 * prof['share'][fam]:>8.1f}%")
+    for r in result["failed"]:
+        print(f"{r['variant']} failed: {r['error']}")
+    write_json(args, result)
+
+
+def summarise(args: argparse.Namespace, rows: list[dict], complete: bool) -> dict:
+    """The JSON record: the rows that ran, the ratios between them, the variants that failed."""
+    ok = [r for r in rows if "error" not in r]
+    if args.single:
+        single = {r["variant"]: r["images_per_s"] for r in json.loads(Path(args.single).read_text())["results"]}
+        for r in ok:
+            r["scaling_efficiency"] = r["total_images_per_s"] / (r["world_size"] * single[r["variant"]])
+    by = {r["variant"]: r["total_images_per_s"] for r in ok}
+    ratio = lambda a, b: by[a] / by[b] - 1.0 if a in by and b in by else None  # noqa: E731
+    return {"config": {k: v for k, v in vars(args).items() if k not in ("variant", "json")},
+            "results": ok, "failed": [r for r in rows if "error" in r], "complete": complete,
+            "again_overhead": ratio("pgd_at", "again_pgd_at"),
+            "ema_overhead": ratio("again_pgd_at", "again_pgd_at_ema"),
+            "checks_overhead": ratio("again_pgd_at", "again_pgd_at_checked"),
+            "compile_speedup": {v: by[v] / by[v[:-len(sfx)]] for v in by for sfx in SPEEDUPS
+                                if v.endswith(sfx) and v[:-len(sfx)] in by},
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def write_json(args: argparse.Namespace, result: dict) -> None:
+    """Write the record in one piece (a temporary file renamed over the target)."""
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    tmp = Path(f"{args.json}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.json)
 
 
 if __name__ == "__main__":

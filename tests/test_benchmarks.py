@@ -76,6 +76,8 @@ def test_train_throughput_profile_and_extra_variants(tmp_path):
                                  "--warmup", "0", "--attack-steps", "2", "--variants",
                                  "again_pgd_at,again_pgd_at_checked", "--profile")
     assert [r["variant"] for r in data["results"]] == ["again_pgd_at", "again_pgd_at_checked"]
+    # the trainer's step makes no host syncs; the model's value checks (the _checked variant) do
+    assert data["results"][0]["host_syncs_per_step"] == 0 < data["results"][1]["host_syncs_per_step"]
     prof = data["results"][0]["profile"]
     assert prof["time"] == "cpu" and prof["ms_per_step"]["convolution"] > 0
     assert abs(sum(prof["share"].values()) - 1) < 1e-6
@@ -83,9 +85,35 @@ def test_train_throughput_profile_and_extra_variants(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_compiled_training_step_matches_eager(tmp_path):
-    """compile: true (torch.compile of the backbone, inductor on CPU) trains a step of an AGAIN model
-    to the same loss as eager, with the state_dict keys unchanged."""
+def test_a_failing_variant_is_recorded_not_fatal(tmp_path):
+    """A variant that fails (here: every one, an unknown backbone) leaves its error in the JSON."""
+    out = tmp_path / "t.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--arch", "nope_net",
+                          "--variants", "pgd_at", "--steps", "1", "--warmup", "0", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "every variant failed" in res.stderr
+    data = json.loads(out.read_text())
+    assert data["results"] == [] and data["failed"][0]["variant"] == "pgd_at" and "nope_net" in data["failed"][0]["error"]
+
+
+def test_benchmark_variant_names():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from train_throughput import EXTRA, VARIANTS, variant_settings
+    finally:
+        sys.path.pop(0)
+    assert all(variant_settings(v) is not None for v in VARIANTS + EXTRA)
+    assert variant_settings("again_pgd_at_ema_compiled") == (True, {"ema": {"decay": 0.999}, "compile": True}, False)
+    assert variant_settings("pgd_at_cudagraphs") == (False, {"compile": True, "compile_mode": "reduce-overhead"}, False)
+    assert variant_settings("pgd_at_compiled_ema") is None and variant_settings("trades") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_the_compiled_training_step_matches_eager(tmp_path, mode):
+    """compile: true (torch.compile of the backbone, inductor on CPU, in each compile_mode; CUDA graphs
+    apply on CUDA only) trains a step of an AGAIN model to the same loss as eager, with the state_dict
+    keys unchanged."""
     import torch
 
     from againzoo import recipes
@@ -99,7 +127,7 @@ def test_the_compiled_training_step_matches_eager(tmp_path):
         torch.manual_seed(0)
         model = make_model(r, 10, {"pretrained_cfg_overlay": {"input_size": (3, 16, 16)}})
         if compiled:
-            compile_model(model)
+            compile_model(model, mode)
         opt = make_optimizer(r, model, torch.device("cpu"))
         ctx = StepContext(model, r.attack, True, 1.0, 0.0, device_setup(r, torch.device("cpu")).autocast)
         torch.manual_seed(1)

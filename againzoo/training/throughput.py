@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ..adapter import AgainModel
+from ..host_sync import HostSyncs
 from ..recipes import Recipe
 from . import distributed as dist_mod
 from .methods import METHODS, StepContext
@@ -28,7 +29,8 @@ def measure(recipe: Recipe, device: str | torch.device | None = None, input_size
             num_classes: int = 10, steps: int = 3, warmup: int = 1, validate_values: bool = False,
             profile: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Time ``steps`` training steps after ``warmup`` ones; returns images/s (this process's and, under
-    torchrun, the job's total), step time, peak memory. ``validate_values`` turns the model's per-step
+    torchrun, the job's total), step time, peak memory and the host syncs of one more (untimed) step
+    (``againzoo.host_sync``; None for a compiled model, whose graphs a dispatch mode would bypass). ``validate_values`` turns the model's per-step
     value checks back on (the trainer's default is off); ``profile(step, steps, device)``, when given,
     is called after the timing with a function that runs one more step, and its result is returned
     under ``profile``."""
@@ -56,7 +58,7 @@ def _measure(recipe: Recipe, dev: torch.device, env: dist_mod.DistEnv, input_siz
     opt = make_optimizer(recipe, model, dev)
     ema = make_ema(recipe, model)
     if recipe.compile:
-        compile_model(model)
+        compile_model(model, recipe.compile_mode)
     ddp = dist_mod.wrap(model, dev, find_unused=isinstance(model, AgainModel)) if env.distributed else None
     x = torch.rand(batch, *input_size, device=dev)
     y = torch.randint(0, num_classes, (batch,), device=dev)
@@ -83,9 +85,13 @@ def _measure(recipe: Recipe, dev: torch.device, env: dist_mod.DistEnv, input_siz
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     rate = batch * steps / dt
     total = dist_mod.all_reduce_sum([rate], dev)[0]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"host_syncs_per_step": None}
+    if not recipe.compile:
+        with HostSyncs() as syncs:
+            train_step(ctx, method, opt, x, y, ema=ema, step=warmup + steps + 1, ddp=ddp)
+        extra["host_syncs_per_step"] = syncs.total
     if profile is not None:
-        counter = {"step": warmup + steps}
+        counter = {"step": warmup + steps + 1}
 
         def one_step() -> None:
             counter["step"] += 1

@@ -89,12 +89,12 @@ def make_model(recipe: Recipe, num_classes: int, model_args: dict[str, Any]) -> 
     return model
 
 
-def compile_model(model: torch.nn.Module) -> None:
-    """``torch.compile`` of the network a training step runs (the backbone, AGAIN's hooks traced), in
-    place: state_dict keys and the module tree stay as they are. Called after the weight average is
-    copied from the model, so that the average runs eagerly."""
+def compile_model(model: torch.nn.Module, mode: str = "default") -> None:
+    """``torch.compile`` (in ``mode``) of the network a training step runs (the backbone, AGAIN's hooks
+    traced), in place: state_dict keys and the module tree stay as they are. Called after the weight
+    average is copied from the model, so that the average runs eagerly."""
     target = model.backbone if isinstance(model, (AgainModel, Normalized)) else model
-    target.compile()
+    target.compile(mode=mode)
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
         awp = AWP(model, proxy, awp_cfg.gamma, awp_cfg.proxy_lr, distributed=env.distributed)
     ema = make_ema(recipe, model)
     if recipe.compile:
-        compile_model(model)
+        compile_model(model, recipe.compile_mode)
     rng = random.Random(recipe.seed)  # the AGAIN draws: the same on every rank
     again_on = isinstance(model, AgainModel)
     label_gate = again_on and model.gate_source == "label"
