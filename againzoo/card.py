@@ -20,6 +20,7 @@ import yaml
 from .errors import CheckpointError
 from .gate_diagnostics import describe as describe_gate
 from .io import read_jsonl
+from .stats import from_bits, newcombe, paired_bootstrap, wilson
 
 CARD_TITLE = "# againzoo model card"
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "scikit-learn digits (16x16)"}
@@ -87,8 +88,12 @@ def _training(info: dict[str, Any]) -> str:
         return "training log not available"
     seconds = sum(row.get("train_time_s", 0) for row in rows)
     images = sum(row.get("images_per_s", 0) * row.get("train_time_s", 0) for row in rows)
+    on = info["config"].get("trained_on")
+    where = (f", on {on['world_size']} x {on['device']} ({on['precision']}, torch {on['torch']}"
+             f"{', torch.compile ' + str(on['compile']) if on.get('compile') else ''})" if on else "")
     return (f"{len(rows)} epochs of {r.get('epochs', '?')}, {int(round(seconds))} s of training steps "
-            f"(monitoring excluded, {int(round(images / max(seconds, 1e-9)))} img/s), batch {r.get('batch_size', '?')}")
+            f"(monitoring excluded, {int(round(images / max(seconds, 1e-9)))} img/s), batch {r.get('batch_size', '?')}"
+            + where)
 
 
 def _autoattack_line(ev: dict[str, Any]) -> str | None:
@@ -171,6 +176,85 @@ def _gate_cell(ev: dict[str, Any], config: dict[str, Any]) -> str:
     return f"{'**SHORTCUT**' if g['gate_shortcut'] else 'reads the image'} (follows a wrong gate on {pct(g['clean']['follows_wrong'])}%)"
 
 
+def _aa_cell(ev: dict[str, Any]) -> str:
+    """The official AutoAttack accuracy (the per-example worst case over its gates, then each gate's
+    run); a record from before the official AutoAttack says its AA column was our own; else a dash."""
+    aa = ev.get("autoattack")
+    if "AA" not in ev["columns"]:
+        return "-"
+    text = pct(ev["columns"]["AA"])
+    if not isinstance(aa, dict):
+        return f"{text} (ours, not the official AA)"
+    runs = aa.get("runs") or {}
+    if len(runs) > 1:
+        text += " (" + " / ".join(f"{g.replace('straight_through', 'straight-through')} {pct(r['acc'])}"
+                                  for g, r in runs.items()) + ")"
+    return text
+
+
+def twin_pairs(infos: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(AGAIN checkpoint, its twin) index pairs: the twin has no AGAIN, the same backbone and training
+    dataset, and was evaluated with the same suite, norm and eps on the same images."""
+    def key(i: dict[str, Any]) -> tuple[Any, ...]:
+        ev, cfg = i["eval"], i["config"]
+        d = ev["data"]
+        return (cfg.get("backbone", cfg.get("architecture")), _dataset(i), ev["suite"], ev["norm"], ev["eps"],
+                d.get("name"), d.get("split"), d.get("n"), d.get("evaluated"))
+    pairs = []
+    for a, info in enumerate(infos):
+        if info["config"].get("again"):
+            twin = next((t for t, other in enumerate(infos)
+                         if not other["config"].get("again") and key(other) == key(info)), None)
+            if twin is not None:
+                pairs.append((a, twin))
+    return pairs
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` minus ``b`` (two eval.json records on the same images) for the worst case and clean
+    accuracy, with 95% intervals: paired bootstrap over the images when both have per-example
+    results, else Newcombe's interval for independent samples (conservative on paired data)."""
+    out: dict[str, Any] = {}
+    paired = bool(a.get("per_example") and b.get("per_example"))
+    for key, name in (("worst_case", "worst_case_acc"), ("clean", "clean_acc")):
+        if paired:
+            r = paired_bootstrap([from_bits(a["per_example"][key])], [from_bits(b["per_example"][key])])
+            out[key] = {"diff": r["diff"], "ci": r["diff_ci"]}
+        else:
+            out[key] = {"diff": a[name] - b[name],
+                        "ci": list(newcombe(a[name], a["data"]["n"], b[name], b["data"]["n"]))}
+    out["interval"] = ("paired bootstrap over the images (2,000 resamples)" if paired else
+                       "Newcombe's interval for independent samples (no per-example records; conservative)")
+    return out
+
+
+def _points(d: dict[str, Any]) -> str:
+    lo, hi = d["ci"]
+    return f"{100 * d['diff']:+.2f} points [95% CI {100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def _folder_name(info: dict[str, Any]) -> str:
+    """A checkpoint's name as a user sees it: its folder (``zoo/<id>``, a run directory), not ``best``."""
+    d = Path(info["dir"])
+    return d.parent.name if d.name == "best" else d.name
+
+
+def _pair_lines(infos: list[dict[str, Any]]) -> list[str]:
+    """The card's comparison of each AGAIN model with its twin, in numbers and in words."""
+    lines: list[str] = []
+    for a, t in twin_pairs(infos):
+        c = compare(infos[a]["eval"], infos[t]["eval"])
+        name = lambda i: _folder_name(infos[i])  # noqa: E731
+        lo, hi = c["worst_case"]["ci"]
+        word = ("AGAIN is more robust than its twin beyond the interval" if lo > 0 else
+                "AGAIN is less robust than its twin beyond the interval" if hi < 0 else
+                "no difference in robustness beyond the interval")
+        lines += [f"- `{name(a)}` minus its twin `{name(t)}` (same backbone, data and evaluation): adaptive worst "
+                  f"case {_points(c['worst_case'])}, clean {_points(c['clean'])}; {c['interval']}. "
+                  f"Reading: {word}."]
+    return ["## AGAIN against its twin", ""] + lines + [""] if lines else []
+
+
 def _eval_table(ev: dict[str, Any]) -> list[str]:
     cols = list(ev["columns"])
     lines = ["| " + " | ".join(["worst case"] + cols) + " |", "|---" * (len(cols) + 1) + "|",
@@ -240,14 +324,16 @@ def zoo_card(paths: list[str | Path], notes: str | None = None) -> str:
         lines += ["## Read this first", "", notes.strip(), ""]
     if not infos:
         lines += ["No models yet.", ""]
-    lines += ["| model | method | data | suite | worst case | clean | gate |", "|---|---|---|---|---|---|---|"]
+    lines += ["| model | method | data | suite | worst case | official AA | clean | gate |",
+              "|---|---|---|---|---|---|---|---|"]
     for info in infos:
         ev = info["eval"]
         lines.append(f"| {info['recipe'].get('name', info['config']['architecture'])} | "
                      f"{_method(info['recipe'], info['config'])} | {_data_line(ev)} | {ev['suite']}, "
-                     f"{ev['norm']} eps={eps_str(ev['eps'])} | **{pct(ev['worst_case_acc'])}** | {pct(ev['clean_acc'])} | "
-                     f"{_gate_cell(ev, info['config'])} |")
+                     f"{ev['norm']} eps={eps_str(ev['eps'])} | **{pct(ev['worst_case_acc'])}** | {_aa_cell(ev)} | "
+                     f"{pct(ev['clean_acc'])} | {_gate_cell(ev, info['config'])} |")
     lines.append("")
+    lines += _pair_lines(infos)
     for info in infos:
         ev, recipe, cfg = info["eval"], info["recipe"], info["config"]
         lines += [f"## {recipe.get('name', cfg['architecture'])}", "",
@@ -270,15 +356,6 @@ def zoo_card(paths: list[str | Path], notes: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of an accuracy ``p`` measured on ``n`` images."""
-    if n <= 0:
-        return 0.0, 1.0
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 MODELS_BEGIN, MODELS_END = "<!-- models:begin -->", "<!-- models:end -->"
 
 
@@ -298,12 +375,7 @@ def models_table(registry: Path | None = None) -> str:
         if ev is not None:
             n = int(ev["data"]["n"])
             lo, hi = wilson(ev["worst_case_acc"], n)
-            aa = ev.get("autoattack") or {}
-            runs = aa.get("runs") or {}
-            aa_text = pct(ev["columns"]["AA"]) if "AA" in ev["columns"] else "-"
-            if len(runs) > 1:
-                aa_text += " (" + " / ".join(f"{g.replace('straight_through', 'straight-through')} {pct(r['acc'])}"
-                                             for g, r in runs.items()) + ")"
+            aa_text = _aa_cell(ev)
             data = f"{DATASET_NAMES.get(e.dataset, e.dataset)}, {_data_line(ev)}"
             worst = f"**{pct(ev['worst_case_acc'])}** [{pct(lo)}, {pct(hi)}]"
             clean, gate = pct(ev["clean_acc"]), _gate_cell(ev, config)

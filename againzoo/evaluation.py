@@ -45,6 +45,7 @@ from .attacks.pgd import fgsm, pgd
 from .errors import ConfigError
 from .gate_diagnostics import describe, gate_diagnostics
 from .runtime import model_device, resolve_device
+from .stats import to_bits
 
 SUITES = ("quick", "paper", "full", "aa")
 
@@ -371,7 +372,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     for ok in correct.values():
         survived &= ok
     robust[idx.cpu()] = survived
-    bits = lambda v: "".join("1" if b else "0" for b in v.tolist())  # noqa: E731
     result: dict[str, Any] = {
         "data": data or {"n": n},
         "eps": eps,
@@ -383,7 +383,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         "worst_case_acc": worst_case,
         # per image, in order: correct clean / after every attack of the suite (paired comparisons of
         # models evaluated on the same images, e.g. benchmarks/again_study.py's intervals)
-        "per_example": {"clean": bits(clean_ok), "worst_case": bits(robust)},
+        "per_example": {"clean": to_bits(clean_ok), "worst_case": to_bits(robust)},
     }
     if A.is_again(model) or A.has_gate(model):
         naive = [s.name for s in specs if s.mode == "standard"]

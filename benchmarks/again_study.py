@@ -90,33 +90,18 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
     return out_row
 
 
-def bootstrap(per_model: list[np.ndarray], twin: list[np.ndarray] | None, reps: int = 2000,
-              seed: int = 0) -> dict[str, Any]:
-    """Mean over seeds and images, with a 95% bootstrap interval over the images; the same for the
-    difference from the twin (paired: the same resampled images for both)."""
-    rng = np.random.default_rng(seed)
-    a = np.mean(per_model, axis=0)  # per image: the share of seeds that got it right
-    n = len(a)
-    idx = rng.integers(0, n, (reps, n))
-    out: dict[str, Any] = {"mean": float(a.mean()), "ci": [float(v) for v in np.percentile(a[idx].mean(1), [2.5, 97.5])]}
-    if twin is not None:
-        d = a - np.mean(twin, axis=0)
-        out["diff"] = float(d.mean())
-        out["diff_ci"] = [float(v) for v in np.percentile(d[idx].mean(1), [2.5, 97.5])]
-    return out
-
-
 def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    bits = lambda s: np.frombuffer(s.encode(), dtype=np.uint8) - ord("0")  # noqa: E731
+    from againzoo.stats import from_bits, paired_bootstrap
+
     by = {v: [r for r in runs if r["variant"] == v] for v in variants}
-    twin = [bits(r["per_example"]["worst_case"]) for r in by.get("twin", [])] or None
+    twin = [from_bits(r["per_example"]["worst_case"]) for r in by.get("twin", [])] or None
     rows = []
     for v in variants:
         rs = by[v]
         if not rs:
             continue
-        worst = bootstrap([bits(r["per_example"]["worst_case"]) for r in rs], None if v == "twin" else twin)
-        clean = bootstrap([bits(r["per_example"]["clean"]) for r in rs], None)
+        worst = paired_bootstrap([from_bits(r["per_example"]["worst_case"]) for r in rs], None if v == "twin" else twin)
+        clean = paired_bootstrap([from_bits(r["per_example"]["clean"]) for r in rs], None)
         gates = [r["gate"] for r in rs if r.get("gate")]
         mean = lambda key, part="clean": (float(np.mean([g[part][key] for g in gates if g.get(part)]))  # noqa: E731
                                           if any(g.get(part) for g in gates) else None)

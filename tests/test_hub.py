@@ -228,6 +228,7 @@ def test_cards_numbers_come_from_eval_json(tiny_runs, tmp_path):
             allowed.update(re.findall(r"\d+\.\d\d", v))
 
     walk(ev)
+    assert "on 1 x cpu (fp32, torch " in out.read_text()  # where it was trained (config.json's trained_on)
     for card in (out.read_text(), (run / "best" / "README.md").read_text()):
         text = re.sub(r"`[^`]*`", "", card)  # code spans hold config, not measurements
         numbers = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d])", text)

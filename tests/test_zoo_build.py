@@ -66,6 +66,8 @@ def test_build_publishes_evaluates_and_registers(built):
     card = (root / "MODEL_CARD.md").read_text()
     assert "Official AutoAttack (pyautoattack" in card and "hard gate" in card and "straight-through gate" in card
     assert "img/s" in card
+    # the pair, compared on the same images with a paired interval (both records have per-example results)
+    assert "`again_resnet18` minus its twin `resnet18_cifar`" in card and "paired bootstrap over the images" in card
 
 
 def test_pretrained_true_loads_the_local_copy_offline_with_its_sha256(built, monkeypatch):

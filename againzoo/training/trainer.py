@@ -332,8 +332,11 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
     label_names = list(full.classes)
     weights = ({"kind": "ema", **recipe.ema.model_dump(), "implementation": "timm.utils.ModelEmaV3"}
                if ema is not None else {"kind": "raw"})
+    trained_on = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                  "world_size": env.world_size, "precision": setup.precision,
+                  "compile": recipe.compile_mode if recipe.compile else False, "torch": torch.__version__}
     config = model_config(model, label_names, {"recipe": recipe.to_dict(), "training_data": full.describe(),
-                                               "weights": weights})
+                                               "weights": weights, "trained_on": trained_on})
 
     main = env.is_main  # rank 0 owns the run directory
     if main:

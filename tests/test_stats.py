@@ -1,0 +1,56 @@
+"""Intervals (againzoo.stats) and the card's comparison of an AGAIN model with its twin."""
+
+import numpy as np
+import pytest
+import torch
+
+from againzoo.card import _pair_lines, compare, twin_pairs
+from againzoo.stats import from_bits, newcombe, paired_bootstrap, to_bits, wilson
+
+
+def test_intervals_match_newcombes_worked_examples():
+    # Newcombe 1998: 81/263, score (Wilson) interval 0.2553 to 0.3662; 56/70 - 48/80, hybrid score
+    # interval (method 10) 0.0524 to 0.3339
+    assert wilson(81 / 263, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert newcombe(56 / 70, 70, 48 / 80, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+
+
+def test_bits_round_trip_and_the_paired_interval_is_tighter_than_the_unpaired_one():
+    v = torch.tensor([True, False, True, True])
+    assert to_bits(v) == "1011" and from_bits("1011").tolist() == [1, 0, 1, 1]
+    rng = np.random.default_rng(0)
+    b = (rng.random(1000) < 0.45).astype(np.uint8)
+    a = b.copy()
+    a[rng.choice(1000, 30, replace=False)] = 1  # a is b plus some images: paired, clearly better
+    r = paired_bootstrap([a], [b])
+    assert r["diff"] == pytest.approx(a.mean() - b.mean()) and r["diff_ci"][0] > 0
+    assert r["ci"][0] <= r["mean"] <= r["ci"][1] and r["n"] == 1000
+    lo, hi = newcombe(a.mean(), 1000, b.mean(), 1000)
+    assert lo < 0 < hi  # the same data as independent samples: no call
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap([a], [b[:10]])
+
+
+def _info(again, per_example=None, n=4, clean=0.5, worst=0.25, name="x", evaluated="first 4"):
+    ev = {"suite": "paper", "norm": "Linf", "eps": 8 / 255, "clean_acc": clean, "worst_case_acc": worst,
+          "data": {"name": "cifar10", "split": "test_lossless", "n": n, "evaluated": evaluated}, "columns": {}}
+    if per_example:
+        ev["per_example"] = per_example
+    cfg = {"architecture": "again_resnet18" if again else "resnet18_cifar", "backbone": "resnet18_cifar",
+           "again": {"layer": "layer4"} if again else None}
+    return {"eval": ev, "config": cfg, "recipe": {"name": "r", "data": {"dataset": "cifar10"}}, "dir": f"zoo/{name}"}
+
+
+def test_the_card_pairs_an_again_model_with_its_twin_and_gives_the_difference():
+    a = _info(True, {"clean": "1101", "worst_case": "1100"}, clean=0.75, worst=0.5, name="again")
+    t = _info(False, {"clean": "1001", "worst_case": "1000"}, name="twin")
+    other = _info(False, {"clean": "1111", "worst_case": "1111"}, name="elsewhere", evaluated="first 4 of another set")
+    assert twin_pairs([other, a, t]) == [(1, 2)] and twin_pairs([a, other]) == []
+    c = compare(a["eval"], t["eval"])
+    assert c["worst_case"]["diff"] == pytest.approx(0.25) and c["clean"]["diff"] == pytest.approx(0.25)
+    assert c["worst_case"]["ci"][0] <= 0.25 <= c["worst_case"]["ci"][1] and "paired" in c["interval"]
+    text = "\n".join(_pair_lines([a, t]))
+    assert "`again` minus its twin `twin`" in text and "+25.00 points" in text
+    # records without per-example results: the unpaired interval, said so
+    c = compare(_info(True)["eval"], _info(False, worst=0.5)["eval"])
+    assert c["worst_case"]["diff"] == pytest.approx(-0.25) and "Newcombe" in c["interval"]
