@@ -34,9 +34,10 @@ left() { echo $(( limit - ($(date +%s) - start) )); }
   fi
   [ "${BENCHMARK:-1}" = 1 ] && timeout 60 python3 benchmarks/train_throughput.py --device "$device" $bench \
       --json "$out/train_throughput.json"
-  # a profile of the step, and the fast-path candidates against eager (a couple of minutes; PROFILE=0 skips)
-  [ "${PROFILE:-1}" = 1 ] && timeout 150 python3 benchmarks/train_throughput.py --device "$device" $bench \
-      --variants pgd_at,again_pgd_at,again_pgd_at_checked,pgd_at_compiled,again_pgd_at_compiled --profile \
+  # a profile of the step, and the fast-path candidates against eager (compile, CUDA graphs; about three
+  # minutes; the JSON is rewritten after each variant, so a timeout keeps what ran; PROFILE=0 skips)
+  [ "${PROFILE:-1}" = 1 ] && timeout 200 python3 benchmarks/train_throughput.py --device "$device" $bench \
+      --variants pgd_at,again_pgd_at,again_pgd_at_checked,pgd_at_compiled,again_pgd_at_compiled,again_pgd_at_cudagraphs --profile \
       --json "$out/profile.json"
   # the AGAIN study at full width when STUDY names its variants (e.g. STUDY=twin,paper,soft,pred):
   # STUDY_SET are its extra overrides (epochs, data.limit), STUDY_SECONDS its time; JSON to $OUT
