@@ -156,6 +156,8 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="override a recipe key: --set attack.steps=5"),
     data_dir: Optional[str] = data_dir_option(),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory"),
+    output: Optional[Path] = output_option(None, "the folder the run directory goes into, <output>/<recipe name> "
+                                           "(the recipe's output_dir; default: runs)"),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
@@ -164,6 +166,10 @@ def train(
     from .training import train as train_fn
     from .training.distributed import env_from_launcher
 
+    if output is not None:
+        if resume is not None:
+            raise ConfigError("--output names where a new run goes; --resume continues a run where it is: give one")
+        set_ = [*set_, f"output_dir={output}"]
     _cpu_job(device)
     run_dir = train_fn(recipe, resume=resume, device=device, data_dir=data_dir, overrides=set_, progress=_progress(quiet),
                        overwrite=overwrite)

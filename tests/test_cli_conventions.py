@@ -120,3 +120,14 @@ def test_deprecated_out_still_works_with_a_note(tiny_runs, tmp_path):
     assert "--out is deprecated" in res.output and (tmp_path / "a" / "analysis.json").exists()
     res = CliRunner().invoke(app, ["analyze", "curves", str(tiny_runs["again"]), "--output", str(tmp_path / "b")])
     assert res.exit_code == 0 and "is deprecated" not in res.output and (tmp_path / "b" / "analysis.json").exists()
+
+
+def test_train_output_names_the_folder_runs_go_into(tmp_path):
+    tiny = ["model.kwargs.width=4", "epochs=1", "data.val_size=50", "eval.n_val=10", "eval.n_test=10",
+            "eval.n_train=10", "attack.steps=1", "eval.attack_steps=1", "log_every=1000"]
+    sets = [a for kv in tiny for a in ("--set", kv)]
+    res = CliRunner().invoke(app, ["train", "quickstart", "-o", str(tmp_path / "exp"), "-q", *sets])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exp" / "quickstart" / "config.json").exists()
+    res = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "exp" / "quickstart"), "-o", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.count("error:") == 1 and "give one" in res.output

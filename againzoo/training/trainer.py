@@ -262,7 +262,7 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
             how = (f"resume it with --resume {run_dir}, " if (run_dir / STATE).exists()
                    else "it has no resumable state (state/ is gone), so --resume would start over; ")
             raise ConfigError(f"run dir {run_dir} already holds a run ({', '.join(held)}): {how}pick another "
-                              f"output_dir (--set output_dir=...), or replace it with --overwrite")
+                              f"output_dir (-o DIR), or replace it with --overwrite")
 
     # data first: a missing dataset fails before any other work
     d = recipe.data
