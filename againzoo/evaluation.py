@@ -274,13 +274,18 @@ def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 # -- the evaluation --------------------------------------------------------------------------
 
-def check_eval_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, batch_size: int, num_classes: int) -> None:
-    """One-line errors for an evaluation that could only return nonsense."""
+def check_budget(eps: float, norm: str) -> None:
+    """One-line errors for a threat model that does not exist."""
     if norm not in ("Linf", "L2"):
         raise ConfigError(f"norm must be Linf or L2, got {norm!r}")
     if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0
             and (norm == "L2" or eps <= 1)):
         raise ConfigError(f"eps must be in (0, 1] for Linf (images are in [0, 1]) or > 0 for L2, got {eps!r}")
+
+
+def check_eval_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, batch_size: int, num_classes: int) -> None:
+    """One-line errors for an evaluation that could only return nonsense."""
+    check_budget(eps, norm)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if len(y) == 0 or x.shape[0] != len(y):
@@ -469,6 +474,8 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
 
     if n_examples < 1:
         raise ConfigError(f"n_examples must be >= 1, got {n_examples}")
+    if eps is not None:  # a wrong budget is named before any model or data is loaded
+        check_budget(eps, kw.get("norm", "Linf"))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if output is not None and write:

@@ -487,7 +487,8 @@ def test_card_refuses_to_replace_a_foreign_file(tiny_runs, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["-n", "0"], "n_examples"), (["-n", "-3"], "n_examples"), (["--batch-size", "0"], "batch_size"),
-    (["--eps", "-8/255"], "eps"), (["--eps", "2"], "eps")])
+    (["--eps", "-8/255"], "eps"), (["--eps", "2"], "eps"),
+    (["--eps", "-1", "--suite", "nope", "--data-dir", "/nonexistent"], "eps")])  # the budget is named first
 def test_eval_counts_and_budgets_out_of_range(tiny_runs, args, needle):
     out = _one_line_exit_2(_cli("eval", str(tiny_runs["again"]), *args))
     assert needle in out
