@@ -22,11 +22,14 @@ def test_recipes_and_models_as_json():
     assert "again_resnet18" in models
 
 
-def test_eval_as_json_is_the_eval_record(tiny_runs):
-    res = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "-n", "8", "--json", "--aa-budget", "5,2,5"])
+def test_eval_as_json_is_the_eval_record(tiny_runs, tmp_path):
+    # the aa suite with a reduced budget: the cheapest suite, since this is about --json, not the attacks
+    res = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "-n", "8", "--json", "--suite", "aa",
+                                   "--aa-budget", "2,2,5", "-o", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     result = json.loads(res.output)
-    assert result["suite"] == "quick" and result["data"]["n"] == 8 and 0 <= result["worst_case_acc"] <= 1
+    assert result["suite"] == "aa" and result["data"]["n"] == 8 and 0 <= result["worst_case_acc"] <= 1
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
 
 
 @pytest.mark.slow
