@@ -244,12 +244,11 @@ def _pair_lines(infos: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for a, t in twin_pairs(infos):
         c = compare(infos[a]["eval"], infos[t]["eval"])
-        name = lambda i: _folder_name(infos[i])  # noqa: E731
         lo, hi = c["worst_case"]["ci"]
         word = ("AGAIN is more robust than its twin beyond the interval" if lo > 0 else
                 "AGAIN is less robust than its twin beyond the interval" if hi < 0 else
                 "no difference in robustness beyond the interval")
-        lines += [f"- `{name(a)}` minus its twin `{name(t)}` (same backbone, data and evaluation): adaptive worst "
+        lines += [f"- `{_folder_name(infos[a])}` minus its twin `{_folder_name(infos[t])}` (same backbone, data and evaluation): adaptive worst "
                   f"case {_points(c['worst_case'])}, clean {_points(c['clean'])}; {c['interval']}. "
                   f"Reading: {word}."]
     return ["## AGAIN against its twin", ""] + lines + [""] if lines else []

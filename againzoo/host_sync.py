@@ -2,8 +2,8 @@
 
 On CUDA a kernel launch returns at once and the GPU works through a queue; an operation whose
 result the host needs (a Python number from a tensor, an output whose *shape* depends on the data)
-drains that queue first, and the GPU then idles while Python launches the next kernels. One such
-operation per forward pass of a PGD loop costs a few percent of a training step. :class:`HostSyncs`
+drains that queue first, and the GPU then idles while Python launches the next kernels; inside a
+PGD loop that happens once per forward pass. :class:`HostSyncs`
 counts them on any device (the CPU too, so the tests can guard the CUDA path), by watching the
 dispatched ATen operations:
 
