@@ -14,11 +14,15 @@ on the same images, the seeds averaged per image), for each variant's adaptive w
 its difference from the twin. They cover the choice of test images, not the training seeds: the
 per-seed numbers stand beside them. A difference is called only when its interval excludes 0.
 
-Resumable: a finished training or evaluation is reused, an interrupted training resumes.
+Resumable: a finished training or evaluation is reused, an interrupted training resumes. The JSON
+record is rewritten after every run (``complete: false`` until the last), so a command stopped at its
+time limit (a GPU window) still hands back every finished run; ``--from-json`` tabulates such a
+record elsewhere (the per-example results travel in it), without training anything.
 
     python benchmarks/again_study.py --data-dir ../shared/data --results benchmarks/RESULTS.md   # ~2 h on 2 cores
     python benchmarks/again_study.py --tiny            # the CI size: digits, width 4, 1 epoch
     python benchmarks/again_study.py --device cuda --set model.kwargs.width=64 --set data.limit=null ...  # needs a GPU
+    python benchmarks/again_study.py --from-json <files_at>/again_study.json --results benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -170,6 +174,9 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
               f"hard and the straight-through gate) on {config['n']} test images ({config['data']}), final weights; "
               f"gate figures on the clean images; {config['device']}, torch {config['torch']}, {config['date']}. "
               + (f"{config['note']} " if config.get("note") else "")
+              + ("" if config.get("complete", True) else
+                 f"Partial: {config['runs_done']} of {config['runs_planned']} runs finished before the command's "
+                 f"time limit. ")
               + f"Reproduce: `{config['command']}`."]
     return "\n".join(lines)
 
@@ -198,48 +205,76 @@ def main() -> None:
     p.add_argument("--out", default="runs/again_study", help="where the runs go")
     p.add_argument("--json", default="benchmarks/again_study.json")
     p.add_argument("--results", default=None, help="put the table into this Markdown file (benchmarks/RESULTS.md)")
+    p.add_argument("--from-json", metavar="JSON", help="tabulate this study record (e.g. a GPU window's) instead of "
+                   "running anything")
     p.add_argument("--tiny", action="store_true", help="the CI size: digits, width 4, one epoch, a few images")
     p.add_argument("--note", default="", help="a sentence for the table's setting paragraph (how it was run)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
+    if args.from_json:
+        record = json.loads(Path(args.from_json).read_text())
+        config, runs = record["config"], record["runs"]
+        if args.note:
+            config["note"] = args.note
+        variants = config.get("variants") or list(dict.fromkeys(r["variant"] for r in runs))
+        finish(args, config, runs, variants)
+        return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if args.tiny:
         args.set = TINY + args.set
-    import torch
-
-    from againzoo import __version__
-
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    runs = []
+    runs: list[dict[str, Any]] = []
     t0 = time.time()
     for seed in seeds:
         for v in variants:
             t = time.time()
             r = run_one(args.recipe, out, v, seed, args)
             runs.append(r)
-            g = r.get("gate")
+            write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), runs, variants)
+            g = r.get("gate")  # printed once the record holds the run
             print(f"{v} seed {seed}: clean {100 * r['clean']:.1f}, worst case {100 * r['worst_case']:.1f}"
                   + (f", follows a wrong gate {100 * g['clean']['follows_wrong']:.1f}%" if g else "")
                   + f" ({time.time() - t:.0f} s)", flush=True)
-    summary = summarise(runs, variants)
-    config = {"recipe": args.recipe, "set": args.set, "seeds": seeds, "n": runs[0]["n"] if runs else 0,
-              "aa_iter": args.aa_iter, "n_targets": args.n_targets, "device": args.device or "auto",
-              "data": runs[0]["data"].get("evaluated", "") if runs else "", "torch": torch.__version__,
-              "againzoo": __version__, "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
-              "note": args.note,
-              "command": " ".join(["python benchmarks/again_study.py"]
-                                  + [a for a in sys.argv[1:] if a != args.note and a != "--note"])}
-    table = markdown(summary, config)
+    finish(args, study_config(args, variants, seeds, runs, t0), runs, variants)
+
+
+def study_config(args: argparse.Namespace, variants: list[str], seeds: list[int], runs: list[dict[str, Any]],
+                 t0: float) -> dict[str, Any]:
+    """How the study was run (the table's setting paragraph), with how many of its runs are done."""
+    import torch
+
+    from againzoo import __version__
+
+    return {"recipe": args.recipe, "set": args.set, "variants": variants, "seeds": seeds,
+            "n": runs[0]["n"] if runs else 0, "aa_iter": args.aa_iter, "n_targets": args.n_targets,
+            "device": args.device or "auto", "data": runs[0]["data"].get("evaluated", "") if runs else "",
+            "torch": torch.__version__, "againzoo": __version__, "date": time.strftime("%Y-%m-%d"),
+            "seconds": round(time.time() - t0, 1), "note": args.note,
+            "runs_done": len(runs), "runs_planned": len(variants) * len(seeds),
+            "complete": len(runs) == len(variants) * len(seeds),
+            "command": " ".join(["python benchmarks/again_study.py"]
+                                + [a for a in sys.argv[1:] if a != args.note and a != "--note"])}
+
+
+def write_record(path: Path, config: dict[str, Any], runs: list[dict[str, Any]], variants: list[str]) -> None:
+    """The study's JSON (config, summary, every run with its per-example results), in one piece."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"config": config, **summarise(runs, variants), "runs": runs}, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def finish(args: argparse.Namespace, config: dict[str, Any], runs: list[dict[str, Any]], variants: list[str]) -> None:
+    """Print the table, write the record, and put the table into ``--results``."""
+    table = markdown(summarise(runs, variants), config)
     print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"config": config, **summary, "runs": runs}, indent=1) + "\n")
+    write_record(Path(args.json), config, runs, variants)
     if args.results:
         write_results(Path(args.results), table)
-
 
 if __name__ == "__main__":
     main()

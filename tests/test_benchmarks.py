@@ -45,9 +45,27 @@ def test_train_throughput_benchmark_runs(tmp_path):
 def test_eval_throughput_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("eval_throughput.py", tmp_path / "eval.json", "--n", "4")
     rows = data["results"]
-    assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "quick suite", "aa suite", "paper suite"]
+    assert [r["what"] for r in rows] == ["PGD-20 (joint loss)", "PGD-20 (joint loss, channels_last)",
+                                         "quick suite", "aa suite", "paper suite"]
     assert all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["grad_passes_per_s"] == pytest.approx(20 * r["images_per_s"]) for r in rows[:2])
     assert data["aa_over_quick"] > 0 and "official AutoAttack" in stdout
+    assert data["channels_last_speedup"] == pytest.approx(rows[0]["seconds"] / rows[1]["seconds"])
+    # PGD-20 alone, against a training benchmark of the same model size: passes/s over the step's
+    train, _ = run_benchmark("train_throughput.py", tmp_path / "train.json", "--variants", "pgd_at", "--batch", "8",
+                             "--steps", "1", "--warmup", "0", "--attack-steps", "2")
+    data, stdout = run_benchmark("eval_throughput.py", tmp_path / "vs.json", "--n", "4", "--suites", "",
+                                 "--vs-train", str(tmp_path / "train.json"))
+    assert len(data["results"]) == 2 and data["aa_over_quick"] is None
+    (cmp,) = data["vs_train"]
+    step_passes = train["results"][0]["total_images_per_s"] * 3  # PGD-2 training: 2 passes to craft, 1 to train
+    assert cmp["train_grad_passes_per_s"] == pytest.approx(step_passes)
+    assert cmp["eval_over_train"] == pytest.approx(max(r["grad_passes_per_s"] for r in data["results"]) / step_passes)
+    assert "pgd_at training step" in stdout
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_throughput.py"), "--n", "4", "--width", "4",
+                          "--suites", "", "--vs-train", str(tmp_path / "train.json"), "--json", str(tmp_path / "x.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "measured width 8 at 16px, not width 4" in res.stderr
 
 
 @pytest.mark.slow
@@ -146,7 +164,20 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     results.write_text("# Results\n\nother measurements\n")
     args = ["--tiny", "--variants", "twin,paper,pred", "--seeds", "0", "--n", "12", "--aa-iter", "2",
             "--n-targets", "2", "--out", str(tmp_path / "runs"), "--results", str(results), "--quiet"]
+    # stopped after its first run (a GPU window's time limit): the record holds that run already
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "again_study.py"), *args, "--json", str(tmp_path / "part.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().startswith("twin seed 0: clean")
+    finally:
+        proc.kill()
+        proc.wait()
+    part = json.loads((tmp_path / "part.json").read_text())
+    assert [r["variant"] for r in part["runs"]] == ["twin"] and part["config"]["complete"] is False
+    assert (part["config"]["runs_done"], part["config"]["runs_planned"]) == (1, 3)
     data, stdout = run_benchmark("again_study.py", tmp_path / "study.json", *args)
+    assert data["runs"][0]["per_example"] == part["runs"][0]["per_example"]  # the finished run was reused
+    assert data["config"]["complete"] is True and "Partial" not in stdout
     rows = {r["variant"]: r for r in data["rows"]}
     assert set(rows) == {"twin", "paper", "pred"} and rows["twin"]["gate"] is None
     for v in ("paper", "pred"):
@@ -159,3 +190,8 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     data2, stdout2 = run_benchmark("again_study.py", tmp_path / "study2.json", *args)
     assert [r["per_example"] for r in data2["runs"]] == [r["per_example"] for r in data["runs"]]  # reused
     assert results.read_text().count("<!-- again-study:begin -->") == 1
+    # a window's partial record, tabulated here without training: the same numbers, marked partial
+    _, stdout3 = run_benchmark("again_study.py", tmp_path / "tab.json", "--from-json", str(tmp_path / "part.json"),
+                               "--results", str(results))
+    assert "| `twin` |" in stdout3 and "| `paper` |" not in stdout3 and "Partial: 1 of 3 runs" in results.read_text()
+    assert stdout3.splitlines()[2] == stdout.splitlines()[stdout.splitlines().index(stdout3.splitlines()[0]) + 2]
