@@ -309,7 +309,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     ``suite_kw`` tunes the budgets of our attacks (``aa_iter``, ``n_targets``, ``pgd_steps``,
     ``cw_steps``) and ``aa_budget`` (``n_iter``, ``n_targets``, ``n_queries``) the official
     AutoAttack's, for quick runs; the defaults are the standard ones, and a result run with a
-    reduced AutoAttack budget says so in ``autoattack.budget``.
+    reduced AutoAttack budget says so in ``autoattack.budget`` (its ``n_queries`` also caps the
+    soundness checks' Square, recorded in ``checks.square_queries``).
     """
     t0 = time.time()
     check_eval_args(x, y, eps, norm, batch_size, int(getattr(model, "num_classes", 0) or 0))
@@ -405,8 +406,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     check_numbers: dict[str, Any] = {}
     if checks:
         k = min(n_check, len(idx))
+        # a reduced official budget (quick checks) reduces the checks' Square too; eval.json records it
         f2, check_numbers = soundness_checks(model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1,
-                                             batch_size, seed, progress=progress)
+                                             batch_size, seed, progress=progress,
+                                             square_queries=min(1000, (aa_budget or {}).get("n_queries", 1000)))
         flags += f2
     if A.is_again(model):
         result["gate"] = gate_diagnostics(model, x, y, worst_x, yc, batch_size, seed)

@@ -58,7 +58,8 @@ def tiny_runs(tmp_path_factory):
     from againzoo.evaluation import evaluate_checkpoint
 
     # a cheap eval.json for the tests that need an evaluated checkpoint (hub, cards, export)
-    evaluate_checkpoint(str(again), "quick", n_examples=16, progress=False, aa_iter=5, n_targets=2, n_check=16)
+    evaluate_checkpoint(str(again), "quick", n_examples=16, progress=False, n_check=16,
+                        aa_budget={"n_iter": 5, "n_targets": 2, "n_queries": 10})
     return {"again": again, "plain": plain}
 
 

@@ -86,6 +86,7 @@ def test_eval_cli_aa_suite_prints_the_official_runs(tiny_runs, monkeypatch):
     assert "hard gate" in res.output and "straight_through gate" in res.output and "robustbench.json" in res.output
 
 
+@pytest.mark.slow  # a fresh interpreter (~10 s of imports)
 def test_the_training_engine_never_imports_pyautoattack():
     import subprocess
     import sys

@@ -143,5 +143,6 @@ def test_eval_cli_writes_eval_json(tiny_runs):
     assert out["eps"] == pytest.approx(32 / 255)  # the training recipe's budget by default
     assert all({"check", "passed", "detail"} <= set(f) for f in out["flags"])
     assert out["reference"] is None  # the paper has no digits row
+    assert out["checks"]["square_queries"] == 5  # the reduced budget's queries cap the checks' Square
     bad = CliRunner().invoke(app, ["eval", str(tiny_runs["again"]), "--suite", "nope"])
     assert bad.exit_code == 2 and "unknown suite 'nope'" in bad.output

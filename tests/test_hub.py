@@ -114,6 +114,7 @@ def test_corrupted_truncated_mismatched_and_missing(saved, tmp_path):
         againzoo.create_model("again_vgg16", pretrained=str(d))
 
 
+@pytest.mark.slow  # a fresh interpreter (~10 s of imports)
 def test_timm_hf_hub_model_is_loaded_and_wrapped_offline(tmp_path):
     from timm.models._hub import save_for_hf
 

@@ -31,7 +31,9 @@ def _models():
                                               embed_dim=32, depth=2, num_heads=2)), 16
 
 
-@pytest.mark.parametrize("name", ["resnet18_cifar", "wrn34_10", "convnext", "vit"])
+# the CIFAR ResNet in the default tier; the other families (same exporter, other ops) in the slow one
+@pytest.mark.parametrize("name", ["resnet18_cifar", *(pytest.param(n, marks=pytest.mark.slow)
+                                                      for n in ("wrn34_10", "convnext", "vit"))])
 def test_parity_at_batch_1_and_7(name, tmp_path):
     _, model, px = next(m for m in _models() if m[0] == name)
     model.eval()
@@ -201,7 +203,8 @@ def test_predict_cli_into_a_closed_pipe(exported, tmp_path):
     assert len(res.stdout.splitlines()) == 1 and res.stderr == "", res.stderr
 
 
-@pytest.mark.parametrize("kw", [{"gate_source": "soft"}, {"layer": ["last_branch", "last_stage"]}],
+@pytest.mark.parametrize("kw", [{"gate_source": "soft"},
+                                pytest.param({"layer": ["last_branch", "last_stage"]}, marks=pytest.mark.slow)],
                          ids=["soft_gate", "two_sites"])
 def test_again_variants_export_with_parity(tmp_path, kw):
     """The soft gate (Softmax -> MatMul) and a second site on the residual branch (a pre-hook) export
