@@ -19,6 +19,7 @@ device=${DEVICE:-cuda}
 bench=${BENCH:---width 64 --px 32 --batch 512 --steps 20 --warmup 3}
 model_size=$(echo "$bench" | grep -oE -- '--(width|px) [0-9]+' | tr '\n' ' ')  # the eval benchmark's model: the same
 scratch=$(mktemp -d)  # the benchmarks' own JSON files; $OUT gets them merged (merge_benchmarks)
+trap 'rm -rf "$scratch"' EXIT
 zoo_args=${ZOO_ARGS:---eval-batch-size 1000}
 zoo=${ZOO:-1}; [ -n "${STUDY:-}" ] && zoo=${ZOO:-0}  # a study window builds nothing unless ZOO=1 says so
 mkdir -p "$out/parts"
