@@ -203,8 +203,11 @@ def _batched_attack(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torc
     return out, torch.cat(advs) if advs else x[:0]
 
 
+CHECK_SQUARE_QUERIES = 1000  # the soundness checks' short Square (AutoAttack's own runs 5,000)
+
+
 def soundness_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, num_classes: int,
-                     batch_size: int, seed: int, square_queries: int = 1000,
+                     batch_size: int, seed: int, square_queries: int = CHECK_SQUARE_QUERIES,
                      progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The Carlini et al. 2019 / AutoAttack sanity checks, on the (clean-correct) examples ``x``,
     with non-adaptive attacks on the main logits: they diagnose what a naive evaluation sees.
@@ -409,7 +412,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         # a reduced official budget (quick checks) reduces the checks' Square too; eval.json records it
         f2, check_numbers = soundness_checks(model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1,
                                              batch_size, seed, progress=progress,
-                                             square_queries=min(1000, (aa_budget or {}).get("n_queries", 1000)))
+                                             square_queries=min(CHECK_SQUARE_QUERIES,
+                                                                (aa_budget or {}).get("n_queries", CHECK_SQUARE_QUERIES)))
         flags += f2
     if A.is_again(model):
         result["gate"] = gate_diagnostics(model, x, y, worst_x, yc, batch_size, seed)

@@ -234,7 +234,7 @@ def main() -> None:
             t = time.time()
             r = run_one(args.recipe, out, v, seed, args)
             runs.append(r)
-            write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), runs, variants)
+            write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants), runs)
             g = r.get("gate")  # printed once the record holds the run
             print(f"{v} seed {seed}: clean {100 * r['clean']:.1f}, worst case {100 * r['worst_case']:.1f}"
                   + (f", follows a wrong gate {100 * g['clean']['follows_wrong']:.1f}%" if g else "")
@@ -260,21 +260,22 @@ def study_config(args: argparse.Namespace, variants: list[str], seeds: list[int]
                                 + [a for a in sys.argv[1:] if a != args.note and a != "--note"])}
 
 
-def write_record(path: Path, config: dict[str, Any], runs: list[dict[str, Any]], variants: list[str]) -> None:
+def write_record(path: Path, config: dict[str, Any], summary: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """The study's JSON (config, summary, every run with its per-example results), in one piece."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, **summarise(runs, variants), "runs": runs}, indent=1) + "\n")
-    tmp.replace(path)
+    from againzoo.io import atomic_write_json
+
+    atomic_write_json(path, {"config": config, **summary, "runs": runs})
 
 
 def finish(args: argparse.Namespace, config: dict[str, Any], runs: list[dict[str, Any]], variants: list[str]) -> None:
     """Print the table, write the record, and put the table into ``--results``."""
-    table = markdown(summarise(runs, variants), config)
+    summary = summarise(runs, variants)
+    table = markdown(summary, config)
     print(table)
-    write_record(Path(args.json), config, runs, variants)
+    write_record(Path(args.json), config, summary, runs)
     if args.results:
         write_results(Path(args.results), table)
+
 
 if __name__ == "__main__":
     main()

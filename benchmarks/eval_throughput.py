@@ -31,6 +31,7 @@ import torch
 
 import againzoo
 from againzoo.evaluation import AttackSpec, evaluate, run_attack
+from againzoo.io import atomic_write_json
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def main() -> None:
         rows.append({"what": f"PGD-20 (joint loss{layout})", "seconds": seconds, "images_per_s": args.n / seconds,
                      "grad_passes_per_s": args.n * spec.steps / seconds})
     vs_train = compare_with_training(rows, train, args) if train else None
-    write_json(args, rows, vs_train)  # rewritten after each suite: a timeout keeps what ran
+    record = write_json(args, rows, vs_train)  # rewritten after each suite: a timeout keeps what ran
     for suite in suites:
         sync()
         t = time.perf_counter()
@@ -86,8 +87,7 @@ def main() -> None:
         sync()
         seconds = time.perf_counter() - t
         rows.append({"what": f"{suite} suite", "seconds": seconds, "images_per_s": args.n / seconds})
-        write_json(args, rows, vs_train)
-    record = write_json(args, rows, vs_train)
+        record = write_json(args, rows, vs_train)
     print(f"evaluation throughput, {args.arch} width {args.width}, {args.px}px, n={args.n}, {dev} "
           f"({'standard' if args.full_budget else 'reduced'} budgets)")
     print(f"{'what':<36}{'seconds':>10}{'img/s':>10}{'passes/s':>11}")
@@ -103,17 +103,13 @@ def main() -> None:
 
 
 def write_json(args: argparse.Namespace, rows: list[dict], vs_train: list[dict] | None) -> dict:
-    """The record of the rows so far, written in one piece (a temporary file renamed over the target)."""
+    """The record of the rows so far, written in one piece."""
     secs = {r["what"]: r["seconds"] for r in rows}
     record = {"config": vars(args), "results": rows,
               "aa_over_quick": secs["aa suite"] / secs["quick suite"] if {"aa suite", "quick suite"} <= secs.keys() else None,
               "channels_last_speedup": secs["PGD-20 (joint loss)"] / secs["PGD-20 (joint loss, channels_last)"],
               "vs_train": vs_train, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_json(args.json, record)
     return record
 
 

@@ -217,11 +217,10 @@ def summarise(args: argparse.Namespace, rows: list[dict], complete: bool) -> dic
 
 
 def write_json(args: argparse.Namespace, result: dict) -> None:
-    """Write the record in one piece (a temporary file renamed over the target)."""
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{args.json}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
+    """Write the record in one piece."""
+    from againzoo.io import atomic_write_json
+
+    atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":
