@@ -19,6 +19,7 @@ import yaml
 
 from .errors import CheckpointError
 from .gate_diagnostics import describe as describe_gate
+from .integrity import WEIGHTS_KEY, check_record, sha256_of
 from .io import read_jsonl
 from .stats import from_bits, newcombe, paired_bootstrap, wilson
 
@@ -49,8 +50,10 @@ def load_checkpoint_info(path: str | Path) -> dict[str, Any]:
     config = json.loads((wdir / "config.json").read_text())
     if wdir.name == "best" and not (run / "metrics.jsonl").exists():
         run = wdir
-    return {"dir": wdir, "config": config, "eval": json.loads((wdir / "eval.json").read_text()),
-            "recipe": config.get("recipe") or {}, "metrics": read_jsonl(run / "metrics.jsonl")}
+    ev = json.loads((wdir / "eval.json").read_text())
+    check_record(ev, wdir / "model.safetensors", wdir / "eval.json")  # never a card of other weights' numbers
+    return {"dir": wdir, "config": config, "eval": ev, "recipe": config.get("recipe") or {},
+            "metrics": read_jsonl(run / "metrics.jsonl"), "weights_sha256": ev.get(WEIGHTS_KEY)}
 
 
 def _method(recipe: dict[str, Any], config: dict[str, Any]) -> str:
@@ -288,6 +291,8 @@ def model_card(path: str | Path, repo_id: str | None = None) -> str:
     if ev.get("reference"):
         ref = ev["reference"]
         lines += [f"Reference (not measured here): {ref['source']}." + (f" {ref['caveat']}." if ref.get("caveat") else ""), ""]
+    if info["weights_sha256"]:
+        lines += [f"Measured on the weights with sha256 `{info['weights_sha256']}` (`model.safetensors`).", ""]
     lines += ["## Training", "", f"Recipe `{name}` (in `config.json` and `recipe.yaml`): {recipe.get('description', '')}",
               "", f"Training cost: {_training(info)}.", ""]
     lines += ["## Intended use", "", "Research on adversarial robustness: a baseline to compare defences and "
@@ -355,6 +360,19 @@ def zoo_card(paths: list[str | Path], notes: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _trained_cell(entry: Any, config: dict[str, Any]) -> str:
+    """Where and how long a published model trained: the registry's record, else its config's device."""
+    t = entry.training or {}
+    on = config.get("trained_on") or {}
+    device = t.get("device") or on.get("device")
+    if not device:
+        return "-"
+    kind = "CPU" if str(device).startswith("cpu") else device
+    minutes = f", {t['train_minutes']:g} min" if t.get("train_minutes") is not None else ""
+    epochs = f"{t['epochs']} epochs, " if t.get("epochs") else ""
+    return f"{epochs}{kind} ({t.get('precision') or on.get('precision', '?')}){minutes}"
+
+
 MODELS_BEGIN, MODELS_END = "<!-- models:begin -->", "<!-- models:end -->"
 
 
@@ -364,12 +382,19 @@ def models_table(registry: Path | None = None) -> str:
     interval, the gate verdict and the registry's note. ``againzoo zoo table`` prints it."""
     from .registry import entries, local_dir
 
-    rows = ["| model | data | clean | official AutoAttack | adaptive worst case [95% CI] | gate | note |",
-            "|---|---|---|---|---|---|---|"]
-    for e in entries(registry):
+    rows = ["| model | data | clean | official AutoAttack | adaptive worst case [95% CI] | gate | trained | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for e in sorted(entries(registry), key=lambda e: -e.metrics.get("worst_case", -1.0)):  # the most robust first
         folder = local_dir(e, registry)
         ev = json.loads((folder / "eval.json").read_text()) if folder and (folder / "eval.json").exists() else None
         config = json.loads((folder / "config.json").read_text()) if folder and (folder / "config.json").exists() else {}
+        if folder is not None:  # the registry, the eval record and the file must name the same weights
+            actual = sha256_of(folder / "model.safetensors")
+            if actual != e.sha256:
+                raise CheckpointError(f"the registry's sha256 for {e.model} ({e.sha256[:16]}...) is not that of "
+                                      f"{folder / 'model.safetensors'} ({actual[:16]}...): rebuild or re-register it")
+            if ev is not None:
+                check_record(ev, folder / "model.safetensors", folder / "eval.json")
         m = e.metrics
         if ev is not None:
             n = int(ev["data"]["n"])
@@ -381,9 +406,10 @@ def models_table(registry: Path | None = None) -> str:
         else:
             data, clean = DATASET_NAMES.get(e.dataset, e.dataset), pct(m.get("clean", float("nan")))
             aa_text, worst, gate = pct(m.get("autoattack", float("nan"))), f"**{pct(m.get('worst_case', float('nan')))}**", "-"
-        rows.append(f"| `{e.model}` | {data} | {clean} | {aa_text} | {worst} | {gate} | {e.note or ''} |")
+        rows.append(f"| `{e.model}` | {data} | {clean} | {aa_text} | {worst} | {gate} | {_trained_cell(e, config)} | "
+                    f"{e.note or ''} |")
     if len(rows) == 2:
-        rows.append("| (none published yet) | | | | | | |")
+        rows.append("| (none published yet) | | | | | | | |")
     return "\n".join(rows)
 
 

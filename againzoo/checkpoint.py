@@ -10,24 +10,26 @@ registry) is :mod:`againzoo.hub`'s and :mod:`againzoo.pretrained`'s business.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .version import __version__
 from .adapter import AgainModel
 from .errors import CheckpointError, OutputError
 from .factory import AGAIN_KWARGS, GENERIC, ZOO, Normalized, build_model
-from .io import atomic_write_json, load_tensors, replace_dir, save_tensors
+from .integrity import WEIGHTS_KEY, sha256_of, stamp_metadata, verify
+from .io import atomic_write_json, load_tensors, replace_dir, save_tensors, write_safetensors
 from .models._base import input_stats
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+log = logging.getLogger(__name__)
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -120,18 +122,24 @@ def save_pretrained(model: nn.Module, directory: str | Path, config: dict[str, A
     directory = Path(directory)
     config = config or model_config(model, label_names)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": "pt", "againzoo_version": __version__}
     if directory.exists() and not directory.is_dir():
         raise OutputError(f"cannot save a checkpoint to {directory}: it is a file, not a directory")
     own = not directory.exists() or all(p.name in CHECKPOINT_FILES for p in directory.iterdir())
     if own:
-        def write(tmp: Path) -> None:
-            save_file(state, str(tmp / WEIGHTS), metadata=meta)
-            (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        return replace_dir(directory, write)
-    save_tensors(directory / WEIGHTS, state, metadata=meta)
-    atomic_write_json(directory / CONFIG, config)
+        return replace_dir(directory, lambda tmp: write_pair(tmp, state, config))
+    save_tensors(directory / WEIGHTS, state, metadata=stamp_metadata(config, {"format": "pt", "againzoo_version": __version__}))
+    atomic_write_json(directory / CONFIG, {**config, WEIGHTS_KEY: sha256_of(directory / WEIGHTS)})
     return directory
+
+
+def write_pair(folder: Path, state: dict[str, torch.Tensor], config: dict[str, Any],
+               metadata: dict[str, str] | None = None) -> None:
+    """Write ``model.safetensors`` (its metadata: the model definition of ``config``, hashed) and then
+    ``config.json`` (with the weights' sha256) into ``folder``, a temporary one that is swapped in whole
+    (:func:`againzoo.io.replace_dir`); :mod:`againzoo.integrity` checks the two on every load."""
+    meta = stamp_metadata(config, {"format": "pt", "againzoo_version": __version__, **(metadata or {})})
+    write_safetensors(state, folder / WEIGHTS, meta)
+    (folder / CONFIG).write_text(json.dumps({**config, WEIGHTS_KEY: sha256_of(folder / WEIGHTS)}, indent=2) + "\n")
 
 
 def model_from_config(config: dict[str, Any], num_classes: int | None = None) -> nn.Module:
@@ -219,7 +227,11 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
     if not (directory / WEIGHTS).exists() and (directory / "pytorch_model.bin").exists():
         raise CheckpointError(f"{directory} has only pytorch_model.bin, a pickle, which againzoo never loads; "
                               f"save it with safetensors (timm: save_for_hf(..., safe_serialization=True))")
-    state, _ = load_tensors(directory / WEIGHTS)
+    state, metadata = load_tensors(directory / WEIGHTS)
+    note = verify(directory, config, metadata, WEIGHTS, CONFIG)
+    if note is not None:
+        log.info(note)
+    _warn_stale_records(directory)
     if isinstance(model, Normalized) and not any(k.startswith("backbone.") for k in state):
         load_state(model.backbone, state, str(directory / WEIGHTS))  # a timm-native checkpoint
     else:
@@ -237,12 +249,21 @@ def attach_label_names(model: nn.Module, names: list[str]) -> None:
     target.pretrained_cfg = {**dict(getattr(target, "pretrained_cfg", None) or {}), "label_names": tuple(names)}
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _warn_stale_records(directory: Path) -> None:
+    """A record beside the weights that describes other weights (its ``weights_sha256``) is stale: say so."""
+    named = {}
+    for name in ("eval.json", "robustbench.json"):
+        try:
+            named[name] = json.loads((directory / name).read_text()).get(WEIGHTS_KEY)
+        except (OSError, ValueError, AttributeError):
+            continue
+    if not any(named.values()):
+        return
+    actual = sha256_of(directory / WEIGHTS)
+    for name, digest in named.items():
+        if digest is not None and digest != actual:
+            warnings.warn(f"{directory / name} describes other weights (sha256 {digest[:16]}..., these are "
+                          f"{actual[:16]}...): its numbers are stale", UserWarning, stacklevel=3)
 
 
 def model_arch(model: nn.Module) -> str:

@@ -293,6 +293,9 @@ def export(
     with_softmax: bool = typer.Option(False, "--with-softmax", help="output probabilities instead of logits"),
     with_aux: bool = typer.Option(False, "--with-aux", help="also output the ASE head's logits"),
     data_dir: Optional[str] = data_dir_option("dataset folder for the real-image parity check"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (strict parity), fp16 (for GPUs) or int8 "
+                                  "(static quantization for CPUs), each verified on test images"),
+    n_examples: int = n_examples_option(1000, "test images a reduced precision is judged on"),
     overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Export the inference path to ONNX and verify onnxruntime against PyTorch (fails on mismatch)."""
@@ -302,11 +305,16 @@ def export(
 
     check_replace(output, lambda p: p.suffix == ".onnx", "an .onnx file", overwrite)
     try:
-        report = export_checkpoint(source, output, opset, batch, with_softmax, with_aux, data_dir)
+        report = export_checkpoint(source, output, opset, batch, with_softmax, with_aux, data_dir, precision, n_examples)
     except ParityError as e:
         typer.echo(f"PARITY FAILED: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"wrote {report['output']} (opset {report['opset']}, batch {report['batch']}, outputs {report['outputs']})")
+    typer.echo(f"wrote {report['output']} ({report['precision']}, opset {report['opset']}, batch {report['batch']}, "
+               f"outputs {report['outputs']})")
+    if "precision_check" in report:
+        c = report["precision_check"]
+        typer.echo(f"  {report['precision']} vs PyTorch on {c['data']}: top-1 agreement {c['top1_agreement']:.4f}, "
+                   f"clean {100 * c['clean_acc']:.2f}% (PyTorch {100 * c['torch_clean_acc']:.2f}%)")
     for name, r in report["sets"].items():
         gate = f", gate agreement {r['gate_agreement']:.4f}" if "gate_agreement" in r else ""
         typer.echo(f"  {name:<12} n={r['n']:<4} top-1 agreement {r['top1_agreement']:.4f}{gate}, "
@@ -402,9 +410,14 @@ app.add_typer(zoo_app, name="zoo")
 @zoo_app.command("build")
 @user_errors
 def zoo_build(
-    ids: List[str] = typer.Argument(None, help="zoo entries to build (default: all: again_resnet18 resnet18_cifar)"),
+    ids: List[str] = typer.Argument(None, help="zoo entries to build (default: the gpu tier: resnet18_cifar "
+                                    "again_resnet18)"),
+    tier: Optional[str] = typer.Option(None, "--tier", help="build a tier's entries together: gpu (width-64 "
+                                       "ResNet-18 pair) or cpu (width-16 pair trained in bf16 on the CPU, 60 min each)"),
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="size the epochs (or skip entries) "
                                                    "to finish inside this many minutes, from a measured throughput"),
+    train_minutes: Optional[float] = typer.Option(None, "--train-minutes", help="size the epochs so that each "
+                                                  "entry trains in at most this many minutes (a tier's default)"),
     data_dir: Optional[str] = data_dir_option(),
     device: str = DEVICE_OPTION,
     work_dir: Path = typer.Option(Path("runs/zoo"), "--work-dir", help="run directories and manifest.json"),
@@ -419,22 +432,25 @@ def zoo_build(
     split_mb: float = typer.Option(16, "--split-mb", help="largest part, MiB"),
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Train, publish (fp16), evaluate the published weights, register and re-card the zoo's models."""
+    """Train, publish (fp16), evaluate the published weights, register and re-card the zoo's models.
+    Called again after an interruption, it continues where it stopped."""
     from .zoo import build
 
     _cpu_job(device)
     m = build(ids or None, zoo_dir=zoo_dir, card=card, work_dir=work_dir, budget_minutes=budget_minutes,
+              train_minutes=train_minutes, tier=tier,
               data_dir=data_dir, device=device, overrides=set_, n_examples=n_examples,
               eval_batch_size=eval_batch_size, parts_dir=parts_dir, split_mb=split_mb, progress=_progress(quiet),
               eval_kw=parse_aa_budget(aa_budget))
     for e in m["entries"]:
-        if "skipped" in e:
-            typer.echo(f"{e['id']}: SKIPPED ({e['skipped']})")
+        if "skipped" in e or "refused" in e:
+            typer.echo(f"{e['id']}: {'SKIPPED' if 'skipped' in e else 'REFUSED'} ({e.get('skipped') or e['refused']})")
         else:
-            r = e["registry"]["metrics"]
-            typer.echo(f"{e['id']}: {e['epochs']} of {e['recipe_epochs']} epochs, trained {e['train_s']} s, evaluated "
-                       f"{e['eval_s']} s; clean {100 * r['clean']:.2f}, AA {100 * r.get('autoattack', float('nan')):.2f}, "
-                       f"worst case {100 * r['worst_case']:.2f}")
+            r, t = e["registry"]["metrics"], e["training"]
+            typer.echo(f"{e['id']}: {t['epochs']} of {e['recipe_epochs']} epochs, trained {t['train_minutes']} min at "
+                       f"{t['images_per_s']} img/s on {t['device']}" + (" (earlier)" if e.get("reused") else "")
+                       + f", evaluated {e['eval_s']} s; clean {100 * r['clean']:.2f}, "
+                       f"AA {100 * r.get('autoattack', float('nan')):.2f}, worst case {100 * r['worst_case']:.2f}")
             if "parts" in e:
                 typer.echo(f"  packed into {len(e['parts'])} part(s) in {parts_dir}")
     typer.echo(f"wrote {work_dir / 'manifest.json'} and {card}")

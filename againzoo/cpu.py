@@ -1,5 +1,11 @@
-"""CPU thread count for command-line jobs: no more intra-op threads than there are idle cores.
+"""CPU facts for command-line jobs: native bf16 arithmetic, and no more intra-op threads than idle cores.
 
+**bf16.** A CPU with AVX512-BF16 or AMX-BF16 instructions multiplies bf16 natively; there the
+trainer's ``precision: auto`` trains under bf16 autocast (``benchmarks/train_throughput.py``
+measured the step at about 2.5x fp32 on such a 2-core machine); elsewhere bf16 is emulated and
+slower than fp32, so ``auto`` stays fp32. ``AGAINZOO_CPU_BF16=0`` (or ``1``) overrides the detection.
+
+**Threads.**
 PyTorch's intra-op pool uses every core. When another busy process shares the machine, one of our
 threads is often descheduled, and every parallel region (hundreds per training step of a small
 model) waits at its barrier for that thread's next time slice: measured on 2 cores, the README's
@@ -11,12 +17,33 @@ So the CLI samples the machine's load for a moment before a CPU job and uses onl
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
 import torch
 
 from .errors import ConfigError
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo);
+    ``AGAINZOO_CPU_BF16`` set to 0 or 1 decides instead."""
+    chosen = os.environ.get("AGAINZOO_CPU_BF16")
+    if chosen is not None:
+        if chosen not in ("0", "1"):
+            raise ConfigError(f"AGAINZOO_CPU_BF16 must be 0 or 1, got {chosen!r}")
+        return chosen == "1"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def _busy_jiffies() -> tuple[int, int] | None:

@@ -473,7 +473,8 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
     ``overwrite``. Returns ``(result, weights directory)``."""
     import json
 
-    from .checkpoint import CONFIG
+    from .checkpoint import CONFIG, WEIGHTS
+    from .integrity import WEIGHTS_KEY, sha256_of
     from .pretrained import from_pretrained
     from .io import atomic_write_json, check_replace
     from .references import reference_for
@@ -503,11 +504,13 @@ def evaluate_checkpoint(source: str, suite: str = "quick", data_dir: str | None 
                       reference=ref, **kw)
     result["model"] = {"source": str(source), "weights": str(wdir), "architecture": config.get("architecture"),
                        "again": config.get("again"), "recipe": recipe.get("name"), "epoch": config.get("epoch")}
+    digest = sha256_of(wdir / WEIGHTS)  # the record names the exact file it measured
+    result[WEIGHTS_KEY] = digest
     if write:
         target = Path(output) if output is not None else wdir / "eval.json"
         atomic_write_json(target, result)
         if "AA" in result["columns"] and result.get("autoattack"):
-            atomic_write_json(target.parent / ROBUSTBENCH, robustbench_record(result, config))
+            atomic_write_json(target.parent / ROBUSTBENCH, {**robustbench_record(result, config), WEIGHTS_KEY: digest})
     return result, wdir
 
 

@@ -171,10 +171,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, with its I/O failures (a full disk) raised as ``OSError``, which the
+    atomic writers turn into one line (:func:`output_error`)."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        text = str(e)
+        full = "No space left" in text or "os error 28" in text
+        raise OSError(errno.ENOSPC if full else errno.EIO, text.splitlines()[0] if text else "write failed") from None
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Atomically write a safetensors file (tensors made contiguous and moved to CPU)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
+    return atomic_write(path, lambda p: write_safetensors(flat, p, metadata))
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from .version import __version__
+from .integrity import WEIGHTS_KEY, sha256_of, stale_record
 from .models._base import input_stats
 from .adapter import AgainModel
 from .losses import primary_aux
 from .errors import ConfigError
-from .io import writable_dir
+from .io import output_error, writable_dir
 
 OPSET = 18
 ATOL = 1e-4
@@ -76,6 +77,8 @@ def _metadata(model: nn.Module, config: dict[str, Any] | None, eval_json: dict[s
         "architecture": str((config or {}).get("architecture", cfg.get("architecture", ""))),
         "again": json.dumps(model.again_config() if isinstance(model, AgainModel) else None),
     }
+    if (config or {}).get(WEIGHTS_KEY):  # the source weights this graph was exported (and verified) from
+        meta[WEIGHTS_KEY] = str(config[WEIGHTS_KEY])
     if eval_json:
         meta["metrics"] = json.dumps({"suite": eval_json.get("suite"), "eps": eval_json.get("eps"),
                                       "norm": eval_json.get("norm"), "clean_acc": eval_json.get("clean_acc"),
@@ -175,9 +178,25 @@ def verify(model: nn.Module, path: Path, inputs: dict[str, torch.Tensor], with_s
 def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str | int = "dynamic",
            with_softmax: bool = False, with_aux: bool = False, config: dict[str, Any] | None = None,
            eval_json: dict[str, Any] | None = None, real_images: torch.Tensor | None = None,
-           eps: float = 8 / 255, seed: int = 0) -> dict[str, Any]:
-    """Export ``model``'s inference path to ``output`` and verify it; returns the parity report."""
+           eps: float = 8 / 255, seed: int = 0, precision: str = "fp32",
+           test: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+           calibration: tuple[np.ndarray, str] | None = None) -> dict[str, Any]:
+    """Export ``model``'s inference path to ``output`` and verify it; returns the parity report.
+
+    ``precision`` ``fp16`` / ``int8`` (:mod:`againzoo.onnx_precision`): the verified fp32 graph is
+    converted (int8: calibrated on ``calibration = (training images, description)``), then judged on
+    ``test = (images, labels, description)`` by its top-1 agreement with PyTorch and its clean
+    accuracy, and written only if it passes; the figures go into the file's ``metadata_props``."""
     import onnx
+
+    from . import onnx_precision as P
+
+    if precision not in P.PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(P.PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and test is None:
+        raise ConfigError(f"a {precision} export is judged on test images: none were given (no test split found)")
+    if precision == "int8" and calibration is None:
+        raise ConfigError("an int8 export is calibrated on training images: none were given (no training split found)")
 
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not OPSET <= opset <= newest:
@@ -205,31 +224,53 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
             keep = [o for o in mo.graph.output if o.name != "aux_logits"]
             del mo.graph.output[:]
             mo.graph.output.extend(keep)
-        for k, v in _metadata(model, config, eval_json, opset).items():
+        meta = {**_metadata(model, config, eval_json, opset), "precision": precision}
+        if precision != "fp32":  # convert the verified fp32 graph, judge the result by what a user sees
+            onnx.save(mo, str(full))
+            low = Path(tmp) / f"{precision}.onnx"
+            how = (P.quantize_int8(full, low, calibration[0]) if precision == "int8" else P.convert_fp16(full, low))
+            figures = P.agreement(low, model, test[0], test[1])
+            P.check(figures, precision, output)
+            mo = onnx.load(str(low))
+            meta.update(conversion=json.dumps(how), verification=json.dumps({**figures, "data": test[2]}))
+            if precision == "int8":
+                meta["calibration"] = calibration[1]
+            report["precision_check"] = {**figures, "data": test[2], "conversion": how}
+        for k, v in meta.items():
             mo.metadata_props.add(key=k, value=v)
         onnx.checker.check_model(mo, full_check=True)
         tmp_out = output.with_suffix(".onnx.tmp")
-        onnx.save(mo, str(tmp_out))
-        tmp_out.replace(output)
+        try:
+            onnx.save(mo, str(tmp_out))
+            tmp_out.replace(output)
+        except OSError as e:
+            if tmp_out.is_file():
+                tmp_out.unlink()
+            raise output_error(output, e) from None
     report.update(output=str(output), opset=opset, batch=batch, outputs=[o.name for o in mo.graph.output],
-                  exporter="torch.onnx dynamo")
+                  exporter="torch.onnx dynamo", precision=precision)
     return report
 
 
 def export_checkpoint(source: str, output: str | Path, opset: int = OPSET, batch: str | int = "dynamic",
-                      with_softmax: bool = False, with_aux: bool = False, data_dir: str | None = None) -> dict[str, Any]:
-    """``againzoo export``: a run dir (``best/``), checkpoint dir or Hub id -> verified ONNX file."""
+                      with_softmax: bool = False, with_aux: bool = False, data_dir: str | None = None,
+                      precision: str = "fp32", n_examples: int = 1000, n_calibration: int = 512) -> dict[str, Any]:
+    """``againzoo export``: a run dir (``best/``), checkpoint dir or Hub id -> verified ONNX file. A
+    reduced ``precision`` is judged on the first ``n_examples`` test images (the lossless CIFAR-10 ones
+    where available) and int8 calibrated on ``n_calibration`` training images."""
     from .errors import DataError
     from .evaluation import eval_data
-    from .checkpoint import CONFIG
+    from .checkpoint import CONFIG, WEIGHTS
     from .pretrained import from_pretrained
 
     path = Path(source)
     if path.is_dir() and (path / "best" / CONFIG).exists():
         path = path / "best"
     model, wdir = from_pretrained(str(path) if path.exists() else source, return_dir=True)
-    config = json.loads((wdir / CONFIG).read_text())
+    config = {**json.loads((wdir / CONFIG).read_text()), WEIGHTS_KEY: sha256_of(wdir / WEIGHTS)}
     ev = json.loads((wdir / "eval.json").read_text()) if (wdir / "eval.json").exists() else None
+    if ev is not None and stale_record(ev, config[WEIGHTS_KEY]):
+        ev = None  # another file's numbers never travel in the export's metadata
     recipe = config.get("recipe") or {}
     real = None
     try:
@@ -237,6 +278,26 @@ def export_checkpoint(source: str, output: str | Path, opset: int = OPSET, batch
     except DataError:
         pass
     eps = float((recipe.get("attack") or {}).get("eps", 8 / 255))
-    report = export(model, output, opset, batch, with_softmax, with_aux, config, ev, real, eps)
+    test = calibration = None
+    if precision != "fp32":
+        tx, ty, tdata = eval_data(config, data_dir, None, n_examples)
+        test = (tx, ty, tdata["evaluated"])
+    if precision == "int8":
+        calibration = calibration_images(config, data_dir, n_calibration)
+    report = export(model, output, opset, batch, with_softmax, with_aux, config, ev, real, eps,
+                    precision=precision, test=test, calibration=calibration)
     report["real_images"] = "first 32 test images" if real is not None else "not available (random and adversarial only)"
     return report
+
+
+def calibration_images(config: dict[str, Any], data_dir: str | None, n: int = 512,
+                       seed: int = 0) -> tuple[np.ndarray, str]:
+    """``n`` training images of a checkpoint's dataset (a fixed random draw), float32 NCHW in [0, 1], and
+    their description: int8 calibration never sees the test images the file is then judged on."""
+    from .data import load_dataset
+
+    data = (config.get("recipe") or {}).get("data") or {}
+    ds = load_dataset(data.get("dataset", "cifar10"), "train", data_dir or data.get("data_dir"))
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds.y))[:n])
+    x = ds.x[idx].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    return x, f"{len(idx)} training images of {ds.describe().get('name', data.get('dataset'))} (random, seed {seed})"

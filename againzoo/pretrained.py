@@ -99,6 +99,7 @@ def load_pretrained(name: str, pretrained: bool | str, num_classes: int | None =
         model = from_pretrained(directory, None, num_classes, device, sha256=entry.sha256)
         if entry.note:
             warnings.warn(f"{name} ({dataset}): {entry.note}", UserWarning, stacklevel=3)
+        name = entry.timm_arch  # a zoo id such as again_resnet18_w16_cpu holds an again_resnet18
     else:
         model = from_pretrained(str(pretrained), None, num_classes, device)
     arch = model_arch(model)
@@ -124,4 +125,8 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool | s
         if again_kw or kwargs:
             raise ConfigError(f"pretrained models take their options from config.json; drop {sorted({**again_kw, **kwargs})}")
         return load_pretrained(name, pretrained, num_classes=num_classes, dataset=dataset)
+    zoo_id = next((e for e in entries() if e.model == name and e.timm_arch != name), None)
+    if zoo_id is not None:
+        raise ConfigError(f"{name} names published weights: load them with pretrained=True, or build its untrained "
+                          f"architecture from {zoo_id.timm_arch} (the recipe {zoo_id.recipe} has its options)")
     return build_model(backbone_name(name), 10 if num_classes is None else num_classes, again_kw, **kwargs)

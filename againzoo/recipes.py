@@ -121,7 +121,8 @@ class DataSection(Section):
 
 
 class AttackSection(Section):
-    """The training attack; ``step_size: null`` means ``2.5 * eps / steps`` (Madry et al.)."""
+    """The training attack; ``step_size: null`` means ``2.5 * eps / steps`` (Madry et al.), 1.25 eps for
+    ``fgsm_rs`` and eps for ``n_fgsm``; ``noise`` is N-FGSM's uniform noise (null: 2 eps)."""
 
     eps: float = Field(8 / 255, gt=0, le=1)  # images are in [0, 1]
     step_size: Optional[float] = Field(None, gt=0)
@@ -130,8 +131,9 @@ class AttackSection(Section):
     norm: Literal["Linf", "L2"] = "Linf"
     bn_mode: Literal["eval", "train"] = "eval"
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the attack's CE; off unless asked
+    noise: Optional[float] = Field(None, ge=0, le=1)
 
-    _numbers = field_validator("eps", "step_size", mode="before")(parse_number)
+    _numbers = field_validator("eps", "step_size", "noise", mode="before")(parse_number)
 
 
 class AwpOptions(Section):
@@ -147,7 +149,7 @@ class MethodSection(Section):
     the CE of PGD-AT / FGSM-RS / standard, TRADES' natural CE, the CE inside MART's boosted CE, and
     the ASE term of Eq. 7. KL terms (TRADES, MART) and margins are left as they are."""
 
-    name: Literal["standard", "pgd_at", "trades", "mart", "fgsm_rs"] = "pgd_at"
+    name: Literal["standard", "pgd_at", "trades", "mart", "fgsm_rs", "n_fgsm"] = "pgd_at"
     beta: Optional[float] = Field(None, ge=0)
     awp: Optional[AwpOptions] = None
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -156,7 +158,7 @@ class MethodSection(Section):
     def _check(self) -> "MethodSection":
         if self.beta is not None and self.name not in ("trades", "mart"):
             raise ValueError(f"beta only applies to trades and mart, not {self.name}")
-        if self.awp is not None and self.name in ("standard", "fgsm_rs"):
+        if self.awp is not None and self.name in ("standard", "fgsm_rs", "n_fgsm"):
             raise ValueError(f"awp combines with pgd_at, trades or mart, not {self.name}")
         return self
 
@@ -196,13 +198,19 @@ class EmaSection(Section):
 
 
 class EvalSection(Section):
-    """Per-epoch monitoring; the best checkpoint is chosen on the held-out slice of the train set."""
+    """Per-epoch monitoring; the best checkpoint is chosen on the held-out slice of the train set.
+    Catastrophic overfitting (:mod:`againzoo.training.overfitting`) is flagged when the held-out PGD
+    accuracy falls below ``co_ratio`` times its best and by at least ``co_min_drop``; ``stop_on_co``
+    ends the run at the flagged epoch."""
 
     every: int = Field(1, ge=1)
     attack_steps: int = Field(10, ge=1)
     n_val: int = Field(1000, ge=0)
     n_test: int = Field(1000, ge=0)
     n_train: int = Field(1000, ge=0)
+    co_ratio: float = Field(0.5, gt=0, le=1)
+    co_min_drop: float = Field(0.1, ge=0, le=1)
+    stop_on_co: bool = True
 
 
 class Recipe(Section):
@@ -218,8 +226,8 @@ class Recipe(Section):
     ema: Optional[EmaSection] = None
     epochs: int = Field(120, ge=1)
     batch_size: int = Field(128, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: Optional[bool] = None  # None: on CUDA
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
+    channels_last: Optional[bool] = None  # None: where the step runs in bf16 (and on CUDA)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
     # torch.compile of the backbone (inductor; the AGAIN hooks are traced), in torch.compile's mode
     # (reduce-overhead: CUDA graphs on CUDA): off until a GPU window has measured it against eager
@@ -233,6 +241,8 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        if self.method.name == "n_fgsm" and self.attack.norm != "Linf":
+            raise ValueError("method.name n_fgsm is an L-inf method: set attack.norm to Linf")
         if self.lr_schedule.name == "multistep" and any(m > self.epochs for m in self.lr_schedule.milestones):
             raise ValueError(f"lr_schedule.milestones {self.lr_schedule.milestones} exceed epochs={self.epochs} "
                              "(--set epochs=N alone scales the recipe's milestones; or set lr_schedule.milestones)")

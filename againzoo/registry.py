@@ -35,6 +35,24 @@ class PretrainedEntry:
     metrics: dict[str, float] = field(default_factory=dict)  # copied from the published eval.json
     local: str | None = None  # relative to the registry file
     note: str | None = None  # what a user must know before relying on these weights (warned on load)
+    # the architecture entry the weights belong to (a timm model name: resnet18_cifar, again_resnet18;
+    # None: ``model`` itself) and its timm pretrained tag (``timm.create_model('<arch>.<tag>')``; None: the dataset)
+    arch: str | None = None
+    tag: str | None = None
+    training: dict[str, Any] | None = None  # where and how long it trained (device, minutes, img/s, epochs)
+
+    @property
+    def timm_arch(self) -> str:
+        return self.arch or self.model
+
+    @property
+    def timm_tag(self) -> str:
+        return self.tag or self.dataset
+
+    @property
+    def timm_name(self) -> str:
+        """``timm.create_model(<this>, pretrained=True)`` loads these weights."""
+        return f"{self.timm_arch}.{self.timm_tag}"
 
 
 def path() -> Path:
@@ -55,6 +73,12 @@ def entries(registry: Path | None = None) -> list[PretrainedEntry]:
 
 def lookup(name: str, dataset: str, registry: Path | None = None) -> PretrainedEntry | None:
     return next((e for e in entries(registry) if (e.model, e.dataset) == (name, dataset)), None)
+
+
+def by_timm_name(arch: str, tag: str | None, registry: Path | None = None) -> PretrainedEntry | None:
+    """The entry ``timm.create_model('<arch>.<tag>', pretrained=True)`` means (no tag: cifar10's)."""
+    tag = tag or "cifar10"
+    return next((e for e in entries(registry) if (e.timm_arch, e.timm_tag) == (arch, tag)), None)
 
 
 def local_dir(entry: PretrainedEntry, registry: Path | None = None) -> Path | None:

@@ -12,20 +12,21 @@ from functools import partial
 from typing import Any, Callable
 
 import timm
+import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 
 from .adapter import AgainModel
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .factory import AGAIN_KWARGS, GENERIC, ZOO
+from .models import _base
 from .models._base import cifar_cfg, has_weights_source, stats_to_model_args
 from .pretrained import load_pretrained
+from .registry import by_timm_name, entries
 
 
 def _zoo_cfgs() -> dict[str, dict[str, Any]]:
     """Default cfgs of the again_* entries: one tag per published dataset (``again_resnet18.cifar10``),
     listed by ``timm.list_pretrained()``; the weights come from the zoo registry."""
-    from .registry import entries
-
     cfgs: dict[str, dict[str, Any]] = {}
     try:
         published = entries()
@@ -33,9 +34,9 @@ def _zoo_cfgs() -> dict[str, dict[str, Any]]:
         published = []
     for name, arch in ZOO.items():
         base = cifar_cfg(first_conv=f"backbone.{get_pretrained_cfg(arch).first_conv}", classifier=("backbone.fc", "ase.fc"))
-        tags = [e for e in published if e.model == name]
+        tags = [e for e in published if e.timm_arch == name]
         for e in tags:
-            cfgs[f"{name}.{e.dataset}"] = dict(base, hf_hub_id=e.repo_id, num_classes=100 if e.dataset == "cifar100" else 10)
+            cfgs[e.timm_name] = dict(base, hf_hub_id=e.repo_id, num_classes=100 if e.dataset == "cifar100" else 10)
         if not tags:
             cfgs[name] = base
     cfgs[GENERIC] = {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "mean": (0.0, 0.0, 0.0),
@@ -53,6 +54,22 @@ def _again_model(backbone_arch: str, **kwargs: Any) -> AgainModel:
     return AgainModel(timm.create_model(backbone_arch, **kwargs), **again)
 
 
+def _zoo_weights(name: str, cfg: Any, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """``timm.create_model('<name>.<tag>', pretrained=True)`` of a zoo model: the registry entry with
+    that architecture and pretrained tag (no tag: cifar10's), loaded sha256-checked by
+    :func:`againzoo.pretrained.load_pretrained`."""
+    tag = cfg if isinstance(cfg, str) else getattr(cfg, "tag", None)
+    rest = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir",
+                                                         "num_classes")}
+    if rest:
+        raise ConfigError(f"pretrained {name} takes its options from its config.json; drop {sorted(rest)}")
+    entry = by_timm_name(name, tag)
+    if entry is None:
+        known = ", ".join(e.timm_name for e in entries() if e.timm_arch == name) or "none"
+        raise CheckpointError(f"no published weights for {name}.{tag or 'cifar10'}; published for {name}: {known}")
+    return load_pretrained(entry.model, True, num_classes=kwargs.get("num_classes"), dataset=entry.dataset)
+
+
 def _zoo_entry(name: str) -> Callable[..., AgainModel]:
     def entry(pretrained: bool = False, **kwargs: Any) -> AgainModel:
         cfg, overlay = kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay") or {}
@@ -61,12 +78,7 @@ def _zoo_entry(name: str) -> Callable[..., AgainModel]:
                               f"(timm.create_model('{ZOO[name]}', features_only=True))")
         if pretrained and not has_weights_source(cfg, overlay):
             # the zoo's own weights (sha256-checked, Hub or the local copy): the registry's loader
-            dataset = cfg if isinstance(cfg, str) else getattr(cfg, "tag", None)
-            rest = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay",
-                                                                  "cache_dir", "num_classes")}
-            if rest:
-                raise ConfigError(f"pretrained {name} takes its options from its config.json; drop {sorted(rest)}")
-            return load_pretrained(name, True, num_classes=kwargs.get("num_classes"), dataset=dataset)
+            return _zoo_weights(name, cfg, kwargs)
         return build_model_with_cfg(partial(_again_model, ZOO[name]), name, pretrained, **stats_to_model_args(kwargs))
 
     entry.__name__ = entry.__qualname__ = name
@@ -77,6 +89,8 @@ def _zoo_entry(name: str) -> Callable[..., AgainModel]:
 
 for _name in ZOO:
     globals()[_name] = register_model(_zoo_entry(_name))
+# the plain CIFAR backbones' published weights (the AGAIN models' twins): resnet18_cifar.<tag>
+_base.ZOO_WEIGHTS = _zoo_weights
 
 
 def _generic_model(backbone_arch: str, overlay: dict[str, Any], **kwargs: Any) -> AgainModel:

@@ -35,17 +35,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .version import __version__
 from . import recipes as recipes_mod
 from .card import NOTES, zoo_card
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate_checkpoint
-from .checkpoint import CONFIG, WEIGHTS, sha256_of
-from .io import atomic_write_json, atomic_write_text, load_tensors, replace_dir
+from .checkpoint import CONFIG, WEIGHTS, sha256_of, write_pair
+from .integrity import WEIGHTS_KEY
+from .io import atomic_write_json, atomic_write_text, load_tensors, read_jsonl, replace_dir
 from .registry import PretrainedEntry, register
+from .training.overfitting import run_collapse
 from .registry import path as registry_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,17 +53,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A published model: its id (the registry's model name and the ``zoo/`` folder) and recipe."""
+    """A published model: its id (the registry's model name and the ``zoo/`` folder) and recipe; a
+    model whose id is not its architecture's name says which timm entry and pretrained tag it is."""
 
     id: str
     recipe: str
     overrides: tuple[str, ...] = ()
+    arch: str | None = None  # the timm entry (resnet18_cifar, again_resnet18); None: the id
+    tag: str | None = None  # the timm pretrained tag; None: the dataset
 
 
 ENTRIES = {
     "again_resnet18": ZooEntry("again_resnet18", "cifar10_resnet18_again_pgd_at_zoo"),
     "resnet18_cifar": ZooEntry("resnet18_cifar", "cifar10_resnet18_pgd_at_zoo"),
+    # the CPU tier: width-16 ResNet-18s trained in bf16 on two CPU cores (the twin first)
+    "resnet18_cifar_w16_cpu": ZooEntry("resnet18_cifar_w16_cpu", "cifar10_resnet18w16_cpu",
+                                       arch="resnet18_cifar", tag="w16_cpu_cifar10"),
+    "again_resnet18_w16_cpu": ZooEntry("again_resnet18_w16_cpu", "cifar10_resnet18w16_again_cpu",
+                                       arch="again_resnet18", tag="w16_cpu_cifar10"),
 }
+# a tier: the entries built together, with the same epochs, and each one's training budget (minutes)
+TIERS = {"gpu": (("resnet18_cifar", "again_resnet18"), None),
+         "cpu": (("resnet18_cifar_w16_cpu", "again_resnet18_w16_cpu"), 60.0)}
+BUILD = "build.json"  # zoo/<id>/build.json: how the published weights were made, and how far the build got
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_497}
 # Forward-backward passes per evaluated image of the paper suite (n images, ~80% clean-correct,
 # ~45% robust): our PGD-10/20/50/100, C&W-30 and non-adaptive PGD-20 on the clean-correct images plus
@@ -109,16 +121,23 @@ def _measure(recipe: recipes_mod.Recipe, device: str | None, eval_batch: int) ->
 
 
 def plan(entries: list[ZooEntry], seconds: float | None, n_eval: int, device: str | None, overrides: list[str],
-         eval_batch: int = 256) -> list[Plan]:
+         eval_batch: int = 256, train_seconds: float | None = None, epochs: int | None = None) -> list[Plan]:
     """Size every entry from measured throughputs so that all of them train for the **same** number of
-    epochs (a fair comparison) and, with their evaluations, fit in ``seconds`` (None: no budget).
-    Entries that cannot get one epoch each are dropped from the end, with the reason."""
+    epochs (a fair comparison) and, with their evaluations, fit in ``seconds`` (None: no budget), and
+    each training fits in ``train_seconds`` (None: no limit). Entries that cannot get one epoch each
+    are dropped from the end, with the reason. ``epochs``: already decided (a resumed build), nothing
+    is measured."""
     plans = []
     for entry in entries:
         recipe = recipes_mod.load(entry.recipe, [*entry.overrides, *overrides])
         plans.append(Plan(entry, recipe, recipe.epochs, recipe.epochs, overrides=[*entry.overrides, *overrides]))
-    if seconds is None:
+    if epochs is not None or (seconds is None and train_seconds is None):
+        for p in plans:
+            p.epochs = min(epochs or p.recipe_epochs, p.recipe_epochs)
+            if p.epochs < p.recipe_epochs:
+                p.overrides.append(f"epochs={p.epochs}")
         return plans
+    seconds = math.inf if seconds is None else seconds
     for p in plans:
         r = p.recipe
         p.images_per_s, p.eval_passes_per_s = _measure(r, device, eval_batch)
@@ -131,7 +150,10 @@ def plan(entries: list[ZooEntry], seconds: float | None, n_eval: int, device: st
         p.eval_s_est = EVAL_MARGIN * n_eval * (EVAL_PASSES_OURS + gates * EVAL_PASSES_PER_AA) / p.eval_passes_per_s
     live = list(plans)
     while live:
-        fit = math.floor((seconds - sum(p.eval_s_est for p in live)) / sum(p.epoch_s_est for p in live))
+        fit = (seconds - sum(p.eval_s_est for p in live)) / sum(p.epoch_s_est for p in live)
+        if train_seconds is not None:
+            fit = min(fit, train_seconds / max(p.epoch_s_est for p in live))
+        fit = math.floor(fit) if math.isfinite(fit) else max(p.recipe_epochs for p in live)
         if fit >= 1:
             break
         dropped = live.pop()
@@ -146,8 +168,9 @@ def plan(entries: list[ZooEntry], seconds: float | None, n_eval: int, device: st
     return plans
 
 
-def publish_fp16(run_dir: Path, target: Path) -> Path:
-    """The run's selected checkpoint as fp16 safetensors + config.json + metrics.jsonl in ``target``."""
+def publish_fp16(run_dir: Path, target: Path, built: dict[str, Any] | None = None) -> Path:
+    """The run's selected checkpoint as fp16 safetensors + config.json + metrics.jsonl in ``target``
+    (and ``build.json``: ``built`` with the weights' sha256, when given)."""
     src = run_dir / "best" if (run_dir / "best" / CONFIG).exists() else run_dir
     tensors, _ = load_tensors(src / WEIGHTS)
     half = {k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in tensors.items()}
@@ -155,10 +178,13 @@ def publish_fp16(run_dir: Path, target: Path) -> Path:
     config["published"] = {"dtype": "float16", "from": f"{src.name}/" if src != run_dir else "last epoch",
                            "note": "evaluated as published: these fp16 weights, upcast to fp32 on load"}
 
+    config.pop(WEIGHTS_KEY, None)  # the run's fp32 file's; write_pair records the fp16 file's
+
     def write(tmp: Path) -> None:  # one unit: the previous entry (and its eval.json) until this one is whole
-        save_file(half, str(tmp / WEIGHTS), metadata={"format": "pt", "dtype": "float16", "againzoo_version": __version__})
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        write_pair(tmp, half, config, {"dtype": "float16"})
         shutil.copyfile(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+        if built is not None:
+            (tmp / BUILD).write_text(json.dumps({**built, "sha256": sha256_of(tmp / WEIGHTS)}, indent=2) + "\n")
     return replace_dir(target, write)
 
 
@@ -170,38 +196,105 @@ def regenerate_card(zoo_dir: Path, card: Path) -> Path:
     return atomic_write_text(card, zoo_card(dirs, notes.read_text() if notes.exists() else None))
 
 
+def _published(zoo_dir: Path, entry: ZooEntry, recipe_name: str, overrides: list[str]) -> dict[str, Any] | None:
+    """The build record of ``zoo/<id>/`` when it holds this recipe's published weights, unchanged since."""
+    folder = zoo_dir / entry.id
+    try:
+        record = json.loads((folder / BUILD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = record.get("recipe") == recipe_name and record.get("overrides") == overrides
+    return record if same and (folder / WEIGHTS).exists() and sha256_of(folder / WEIGHTS) == record.get("sha256") else None
+
+
+def _decided_epochs(zoo_dir: Path, work_dir: Path, entries: list[ZooEntry]) -> int | None:
+    """The epochs an interrupted build of these entries already chose (a published entry's, else the
+    work dir's plan), so that a resumed build keeps one schedule for all of them."""
+    for e in entries:
+        try:
+            return int(json.loads((zoo_dir / e.id / BUILD).read_text())["epochs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    try:
+        chosen = json.loads((work_dir / "plan.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return chosen.get("epochs") if chosen.get("ids") == [e.id for e in entries] else None
+
+
+def _training_record(run_dir: Path, epochs: int, wall_s: float) -> dict[str, Any]:
+    """Minutes, images/s, device and precision of a finished training, from its log and config."""
+    import platform
+
+    import torch
+
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    train_s = sum(r.get("train_time_s", 0.0) for r in rows)
+    images = sum(r.get("train_time_s", 0.0) * r.get("images_per_s", 0.0) for r in rows)
+    trained_on = json.loads((run_dir / CONFIG).read_text()).get("trained_on", {})
+    device = trained_on.get("device", "?")
+    if device == "cpu":
+        device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return {"epochs": len(rows), "planned_epochs": epochs, "train_minutes": round(train_s / 60, 1),
+            "wall_minutes": round(wall_s / 60, 1), "images_per_s": round(images / train_s, 1) if train_s else None,
+            "device": device, "precision": trained_on.get("precision"), "torch": trained_on.get("torch")}
+
+
 def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *, zoo_dir: Path = ROOT / "zoo",
           registry: Path | None = None, card: Path = ROOT / "MODEL_CARD.md", work_dir: Path = Path("runs/zoo"),
-          budget_minutes: float | None = None, data_dir: str | None = None, device: str | None = None,
+          budget_minutes: float | None = None, train_minutes: float | None = None, tier: str | None = None,
+          data_dir: str | None = None, device: str | None = None,
           overrides: list[str] | None = None, suite: str = "paper", n_examples: int = 1000,
           eval_batch_size: int = 256, repo_prefix: str = "againzoo", parts_dir: Path | None = None,
           split_mb: float = 16, progress: bool = True, eval_kw: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build zoo entries (``ids`` from :data:`ENTRIES`, or explicit ``entries``); returns the manifest.
+    """Build zoo entries (``ids`` from :data:`ENTRIES`, a ``tier`` of :data:`TIERS`, or explicit
+    ``entries``); returns the manifest. ``train_minutes`` caps each entry's training (a tier's default).
 
-    ``manifest.json`` is rewritten after every entry, and with ``parts_dir`` every finished entry is
-    packed there at once (``NN-<id>.tar.NNN`` + ``NN-<id>.parts.json``, with the registry, card and
-    manifest as they stand), so a build stopped part-way still hands back every finished entry."""
+    Resumable: called again after an interruption, it keeps the epochs it chose, skips what is done
+    (an entry whose ``zoo/<id>/build.json`` matches its published weights is not trained again, one
+    whose evaluation recorded those weights' sha256 is not evaluated again) and resumes a stopped
+    training from its run directory. A run that collapsed (catastrophic overfitting) is never
+    published. ``manifest.json`` is rewritten after every entry, and with ``parts_dir`` every finished
+    entry is packed there at once (``NN-<id>.tar.NNN`` + ``NN-<id>.parts.json``, with the registry,
+    card and manifest as they stand), so a build stopped part-way still hands back every finished entry."""
     from .training import train
 
     t0 = time.time()
+    if tier is not None:
+        if tier not in TIERS:
+            raise ConfigError(f"unknown tier {tier!r}; known: {', '.join(TIERS)}")
+        if ids:
+            raise ConfigError("give zoo entries or a tier, not both")
+        ids, tier_minutes = list(TIERS[tier][0]), TIERS[tier][1]
+        train_minutes = tier_minutes if train_minutes is None else train_minutes
     if entries is None:
         unknown = [i for i in ids or [] if i not in ENTRIES]
         if unknown:
             raise ConfigError(f"unknown zoo entries {unknown}; known: {', '.join(ENTRIES)}")
-        entries = [ENTRIES[i] for i in ids or ENTRIES]
+        entries = [ENTRIES[i] for i in ids or TIERS["gpu"][0]]
+    if train_minutes is not None and train_minutes <= 0:
+        raise ConfigError(f"train_minutes must be > 0, got {train_minutes}")
     work_dir, zoo_dir = Path(work_dir), Path(zoo_dir)
     registry = Path(registry) if registry is not None else registry_path()
     budget_s = None if budget_minutes is None else 60.0 * budget_minutes
     manifest: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "budget_minutes": budget_minutes,
+                                "train_minutes": train_minutes, "tier": tier,
                                 "device": device or "auto", "suite": suite, "n_examples": n_examples,
                                 "eval_batch_size": eval_batch_size, "entries": []}
-    plans = plan(entries, budget_s, n_examples, device, list(overrides or []), eval_batch_size)
+    decided = _decided_epochs(zoo_dir, work_dir, entries)
+    plans = plan(entries, budget_s, n_examples, device, list(overrides or []), eval_batch_size,
+                 None if train_minutes is None else 60.0 * train_minutes, epochs=decided)
+    manifest["resumed"] = decided is not None
     manifest["sizing_s"] = round(time.time() - t0, 1)
+    live = [p for p in plans if not p.skipped]
+    if live:
+        atomic_write_json(work_dir / "plan.json", {"ids": [e.id for e in entries], "epochs": live[0].epochs})
     bar = tqdm(total=len(entries) * 3, desc="zoo build", unit="stage", disable=None if progress else True)
     slow = {"train": 1.0, "eval": 1.0}  # how much slower than estimated the finished entries ran
     for k, p in enumerate(plans):
         entry = p.entry
-        if budget_s is not None and not p.skipped:  # an earlier entry ran over its estimate: shrink this one
+        done = _published(zoo_dir, entry, p.recipe.name, p.overrides) if not p.skipped else None
+        if budget_s is not None and not p.skipped and done is None and p.epoch_s_est:  # shrink after an overrun
             left = budget_s - (time.time() - t0)
             p.eval_s_est *= slow["eval"]
             p.epoch_s_est *= slow["train"]
@@ -222,29 +315,59 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             bar.update(3)
             atomic_write_json(work_dir / "manifest.json", manifest)
             continue
-        ts = time.time()
-        run = train(entry.recipe, device=device, data_dir=data_dir,
-                    overrides=[*p.overrides, f"output_dir={work_dir / entry.id}"], progress=progress)
-        record["train_s"] = round(time.time() - ts, 1)
+        target = zoo_dir / entry.id
+        if done is None:
+            ts = time.time()
+            run_dir = work_dir / entry.id / p.recipe.name
+            if (run_dir / "state").exists():  # an interrupted build: continue that training
+                run = train(resume=run_dir, device=device, data_dir=data_dir, progress=progress)
+            else:
+                run = train(entry.recipe, device=device, data_dir=data_dir, overwrite=run_dir.exists(),
+                            overrides=[*p.overrides, f"output_dir={work_dir / entry.id}"], progress=progress)
+            record["train_s"] = round(time.time() - ts, 1)
+            bar.update(1)
+            collapse = run_collapse(run)
+            if collapse is not None:
+                record["refused"] = f"not published: {collapse}"
+                bar.update(2)
+                atomic_write_json(work_dir / "manifest.json", manifest)
+                continue
+            built = {"id": entry.id, "recipe": p.recipe.name, "overrides": p.overrides, "epochs": p.epochs,
+                     "training": _training_record(run, p.epochs, time.time() - ts),
+                     "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+            publish_fp16(run, target, built)
+            done = json.loads((target / BUILD).read_text())
+        else:
+            record["train_s"] = 0.0
+            record["reused"] = f"{target} already holds this recipe's published weights ({BUILD})"
+            bar.update(1)
         bar.update(1)
-        target = publish_fp16(run, zoo_dir / entry.id)
-        bar.update(1)
-        te = time.time()
-        result, _ = evaluate_checkpoint(str(target), suite, data_dir, n_examples, device=device, progress=progress,
-                                        batch_size=eval_batch_size, **(eval_kw or {}))
-        record["eval_s"] = round(time.time() - te, 1)
-        bar.update(1)
-        if p.eval_s_est:
-            slow["eval"] = max(slow["eval"], record["eval_s"] / p.eval_s_est)
-            slow["train"] = max(slow["train"], record["train_s"] / (p.epochs * p.epoch_s_est))
-        recipe = p.recipe
+        record["training"] = done["training"]
         weights = target / WEIGHTS
+        if done.get("evaluated_sha256") == done["sha256"] and (target / "eval.json").exists():
+            result = json.loads((target / "eval.json").read_text())
+            record["eval_s"] = 0.0
+        else:
+            te = time.time()
+            result, _ = evaluate_checkpoint(str(target), suite, data_dir, n_examples, device=device,
+                                            progress=progress, batch_size=eval_batch_size, **(eval_kw or {}))
+            record["eval_s"] = round(time.time() - te, 1)
+            done.update(evaluated_sha256=done["sha256"], eval_minutes=round(record["eval_s"] / 60, 1), suite=suite,
+                        n_examples=n_examples)
+            atomic_write_json(target / BUILD, done)
+            if p.eval_s_est:
+                slow["eval"] = max(slow["eval"], record["eval_s"] / p.eval_s_est)
+                slow["train"] = max(slow["train"], record["train_s"] / (p.epochs * p.epoch_s_est) or 1.0)
+        bar.update(1)
+        recipe = p.recipe
         reg = PretrainedEntry(
             model=entry.id, dataset=recipe.data.dataset, repo_id=f"{repo_prefix}/{entry.id}-{recipe.data.dataset}",
             sha256=sha256_of(weights), recipe=recipe.name,
             metrics={k: round(v, 4) for k, v in {"clean": result["clean_acc"], "autoattack": result["columns"].get("AA"),
                                                  "worst_case": result["worst_case_acc"]}.items() if v is not None},
-            local=os.path.relpath(weights, registry.parent))
+            local=os.path.relpath(weights, registry.parent), arch=entry.arch, tag=entry.tag,
+            training={k: done["training"][k] for k in ("device", "precision", "epochs", "train_minutes",
+                                                       "images_per_s")})
         register(reg, registry)
         record.update(registry=asdict(reg), files=_files(target))
         regenerate_card(zoo_dir, card)

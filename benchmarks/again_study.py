@@ -59,33 +59,41 @@ TINY = ["data.dataset=digits", "data.limit=null", "model.kwargs.width=4", "epoch
 BEGIN, END = "<!-- again-study:begin -->", "<!-- again-study:end -->"
 
 
-def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or reuse / resume) and evaluate one (variant, seed); return what the table needs."""
+def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Namespace,
+            variant_set: list[str] | None = None) -> dict[str, Any]:
+    """Train (or reuse / resume) and evaluate one (variant, seed); return what the table needs.
+    ``variant_set``: the variant's overrides (default: this study's ``VARIANTS``)."""
     from againzoo import recipes
     from againzoo.evaluation import evaluate_checkpoint
     from againzoo.io import read_jsonl
     from againzoo.training import train
 
-    overrides = [f"output_dir={out / f'{variant}_s{seed}'}", f"seed={seed}", *args.set, *VARIANTS[variant][1]]
+    extra = VARIANTS[variant][1] if variant_set is None else variant_set
+    overrides = [f"output_dir={out / f'{variant}_s{seed}'}", f"seed={seed}", *args.set, *extra]
     rec = recipes.load(recipe, overrides)
     run_dir = Path(rec.output_dir) / rec.name
     rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    if len(rows) < rec.epochs:
+    stopped = any(r.get("catastrophic_overfitting") for r in rows)
+    if len(rows) < rec.epochs and not stopped:
         resume = run_dir if (run_dir / "recipe.yaml").exists() else None
         train(rec if resume is None else None, resume=resume, device=args.device, data_dir=args.data_dir,
               progress=not args.quiet)
         rows = read_jsonl(run_dir / "metrics.jsonl")
-    if (run_dir / "eval.json").exists():
-        result = json.loads((run_dir / "eval.json").read_text())
+    which = getattr(args, "which", "last")  # the final weights, or best/ (selected on the held-out slice)
+    weights = run_dir / "best" if which == "best" and (run_dir / "best" / "config.json").exists() else run_dir
+    if (weights / "eval.json").exists():
+        result = json.loads((weights / "eval.json").read_text())
     else:
-        result, _ = evaluate_checkpoint(str(run_dir), "quick", args.data_dir, args.n, device=args.device,
-                                        which="last", progress=not args.quiet, checks=False, aa_iter=args.aa_iter,
+        result, _ = evaluate_checkpoint(str(run_dir), "quick", args.data_dir, args.n, device=args.device, which=which,
+                                        progress=not args.quiet, checks=False, aa_iter=args.aa_iter,
                                         n_targets=args.n_targets)
     last = rows[-1]
     out_row = {"variant": variant, "seed": seed, "run_dir": str(run_dir), "clean": result["clean_acc"],
                "worst_case": result["worst_case_acc"], "columns": result["columns"],
                "train_seconds": round(sum(r.get("train_time_s", 0.0) for r in rows), 1),
                "per_example": result["per_example"], "n": result["data"]["n"], "data": result["data"],
+               "epochs": len(rows), "images_per_s": rows[-1].get("images_per_s"),
+               "catastrophic_overfitting": next((r["epoch"] + 1 for r in rows if r.get("catastrophic_overfitting")), None),
                "final_train": {k: last.get(k) for k in ("train_adv_acc", "train_gate_agree", "train_ase_acc",
                                                         "val_gate_follows_wrong")}}
     if result.get("gate"):
@@ -181,13 +189,14 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, table: str) -> None:
+def write_results(path: Path, table: str, begin: str = BEGIN, end: str = END, heading: str = "The AGAIN study") -> None:
+    """Put ``table`` between the markers ``begin`` / ``end`` of a Markdown file (a new section if absent)."""
     text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip() + "\n\n## The AGAIN study\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     path.write_text(text)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,23 +39,46 @@ import torch
 VARIANTS = ("pgd_at", "again_pgd_at", "again_pgd_at_ema")
 EXTRA = ("again_pgd_at_checked", "pgd_at_compiled", "again_pgd_at_compiled", "pgd_at_cudagraphs",
          "again_pgd_at_cudagraphs", "again_pgd_at_ema_compiled")
-# a variant is pgd_at or again_pgd_at followed by any of these suffixes, in this order
-SUFFIXES = {"_ema": {"ema": {"decay": 0.999}}, "_checked": {},
-            "_compiled": {"compile": True}, "_cudagraphs": {"compile": True, "compile_mode": "reduce-overhead"}}
+# the CPU tier's question (--cpu): what speeds up a single-step adversarial training step on a CPU,
+# each row against the first (today's fp32 eager, contiguous step with the data loader inline)
+CPU_VARIANTS = ("n_fgsm_fp32_loader", "n_fgsm_fp32_cl_loader", "n_fgsm_bf16_loader", "n_fgsm_bf16_cl_loader",
+                "n_fgsm_bf16_cl", "n_fgsm_bf16_cl_compiled_loader", "n_fgsm_bf16_cl_b64_loader",
+                "n_fgsm_bf16_cl_b256_loader", "n_fgsm_bf16_cl_t1_loader", "fgsm_rs_bf16_cl_loader",
+                "pgd_at_bf16_cl_loader", "again_n_fgsm_bf16_cl_loader")
+BASES = ("again_pgd_at", "pgd_at", "again_fgsm_rs", "fgsm_rs", "again_n_fgsm", "n_fgsm")
+# a variant is a base followed by any of these suffixes (the recipe keys or settings they set)
+SUFFIXES = {"_ema": {"ema": {"decay": 0.999}}, "_checked": {}, "_fp32": {"precision": "fp32"},
+            "_bf16": {"precision": "bf16"}, "_cl": {"channels_last": True},
+            "_compiled": {"compile": True}, "_cudagraphs": {"compile": True, "compile_mode": "reduce-overhead"},
+            "_loader": {}}
+SIZED = re.compile(r"_(b|t)(\d+)")  # _b256: batch 256; _t1: one intra-op thread
 SPEEDUPS = ("_compiled", "_cudagraphs")  # compared with the same variant without the suffix
 
 
-def variant_settings(v: str) -> tuple[bool, dict, bool] | None:
-    """(AGAIN on, recipe keys, value checks on) for a variant name, or None if it is not one."""
-    base = "again_pgd_at" if v.startswith("again_pgd_at") else "pgd_at" if v.startswith("pgd_at") else None
+def variant_settings(v: str) -> dict | None:
+    """What a variant name sets: ``again`` (AGAIN on), ``method``, ``keys`` (recipe keys), ``checked``
+    (value checks on), ``loader`` (the data loader inline), ``batch`` / ``threads`` (or None), or None
+    when the name is not a variant."""
+    base = next((b for b in BASES if v == b or v.startswith(b + "_")), None)
     if base is None:
         return None
-    rest, keys, checked = v[len(base):], {}, False
-    for suffix, extra in SUFFIXES.items():
-        if rest.startswith(suffix):
-            rest, checked = rest[len(suffix):], checked or suffix == "_checked"
-            keys.update(extra)
-    return (base == "again_pgd_at", keys, checked) if not rest else None
+    rest = v[len(base):]
+    out = {"again": base.startswith("again_"), "method": base.removeprefix("again_"), "keys": {}, "checked": False,
+           "loader": False, "batch": None, "threads": None}
+    while rest:
+        suffix = next((sfx for sfx in SUFFIXES if rest == sfx or rest.startswith(sfx + "_")), None)
+        if suffix is not None:
+            out["keys"].update(SUFFIXES[suffix])
+            out["checked"] |= suffix == "_checked"
+            out["loader"] |= suffix == "_loader"
+            rest = rest[len(suffix):]
+            continue
+        m = SIZED.match(rest)
+        if m is None or (rest[m.end():] and not rest[m.end():].startswith("_")):
+            return None
+        out["batch" if m.group(1) == "b" else "threads"] = int(m.group(2))
+        rest = rest[m.end():]
+    return out
 
 
 # op-name patterns (lower case) -> family, first match wins
@@ -103,15 +127,21 @@ def run_variant(args: argparse.Namespace) -> dict:
     from againzoo.training.throughput import measure
 
     v = args.variant
-    again, keys, checked = variant_settings(v)
+    st = variant_settings(v)
+    if st["threads"]:
+        torch.set_num_threads(st["threads"])
+    attack = ({"eps": "8/255", "step_size": "2/255", "steps": args.attack_steps} if st["method"] == "pgd_at"
+              else {"eps": "8/255"})
     r = recipes.parse({
         "name": "bench",
-        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": again}},
-        "attack": {"eps": "8/255", "step_size": "2/255", "steps": args.attack_steps},
-        "precision": args.precision, "batch_size": args.batch, **keys,
+        "model": {"arch": args.arch, "kwargs": {"width": args.width}, "again": {"enabled": st["again"]}},
+        "method": {"name": st["method"]}, "attack": attack,
+        "precision": args.precision, "batch_size": st["batch"] or args.batch, **st["keys"],
     })
-    hooks = {"validate_values": checked, "profile": profile_step if args.profile else None}
-    return {"variant": v, **measure(r, args.device, (3, args.px, args.px), 10, args.steps, args.warmup, **hooks)}
+    hooks = {"validate_values": st["checked"], "profile": profile_step if args.profile else None,
+             "loader": st["loader"]}
+    return {"variant": v, "threads": torch.get_num_threads(), "batch": r.batch_size,
+            **measure(r, args.device, (3, args.px, args.px), 10, args.steps, args.warmup, **hooks)}
 
 
 def main() -> None:
@@ -128,12 +158,14 @@ def main() -> None:
     p.add_argument("--json", default="benchmarks/train_throughput.json")
     p.add_argument("--single", help="a one-process JSON of this benchmark (same settings) for the scaling efficiency")
     p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated, e.g. {', '.join(VARIANTS + EXTRA)} (pgd_at or again_pgd_at + suffixes "
-                        f"{', '.join(SUFFIXES)}, in that order)")
+                   help=f"comma-separated, e.g. {', '.join(VARIANTS + EXTRA)}: one of {', '.join(BASES)} followed "
+                        f"by any of {', '.join(SUFFIXES)}, _b<batch>, _t<threads>")
     p.add_argument("--profile", action="store_true", help="also time each variant's step by op family (torch.profiler)")
+    p.add_argument("--cpu", action="store_true",
+                   help=f"the CPU tier's variants ({', '.join(CPU_VARIANTS)}), each against the first")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
-    chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    chosen = CPU_VARIANTS if args.cpu else tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = [v for v in chosen + ((args.variant,) if args.variant else ()) if variant_settings(v) is None]
     if unknown:
         sys.exit(f"error: unknown variants {unknown}; for example: {', '.join(VARIANTS + EXTRA)}")
@@ -169,13 +201,14 @@ def main() -> None:
         sys.exit("error: every variant failed: " + "; ".join(r["error"] for r in result["failed"]))
     base = rows[0]
     world = base["world_size"]
-    print(f"PGD-{args.attack_steps} adversarial training, {args.arch} width {args.width}, {args.px}px, global batch "
-          f"{args.batch}, {world} x {base['device']} ({base['precision']})")
-    print(f"{'variant':<26}{'img/s/rank':>12}{'total img/s':>13}{'step (s)':>10}{'peak MB':>10}{'syncs/step':>12}"
-          + (f"{'scaling':>9}" if args.single else ""))
+    print(f"adversarial training steps (PGD-{args.attack_steps} for pgd_at), {args.arch} width {args.width}, "
+          f"{args.px}px, global batch {args.batch} unless a variant says, {world} x {base['device']}")
+    print(f"{'variant':<34}{'prec':>6}{'thr':>5}{'batch':>7}{'img/s/rank':>12}{'total img/s':>13}{'x first':>9}"
+          f"{'step (s)':>10}{'peak MB':>10}{'syncs/step':>12}" + (f"{'scaling':>9}" if args.single else ""))
     for r in rows:
         syncs = "-" if r.get("host_syncs_per_step") is None else str(r["host_syncs_per_step"])
-        print(f"{r['variant']:<26}{r['images_per_s']:>12.1f}{r['total_images_per_s']:>13.1f}{r['step_s']:>10.4f}"
+        print(f"{r['variant']:<34}{r['precision']:>6}{r.get('threads', '-'):>5}{r.get('batch', args.batch):>7}"
+              f"{r['images_per_s']:>12.1f}{r['total_images_per_s']:>13.1f}{r['vs_first']:>9.2f}{r['step_s']:>10.4f}"
               f"{r['peak_memory_mb']:>10.0f}{syncs:>12}" + (f"{r['scaling_efficiency']:>9.2f}" if args.single else ""))
     if result["again_overhead"] is not None:
         print(f"AGAIN overhead: {100 * result['again_overhead']:+.1f}% ({base['memory_kind']}"
@@ -205,6 +238,8 @@ def summarise(args: argparse.Namespace, rows: list[dict], complete: bool) -> dic
         for r in ok:
             r["scaling_efficiency"] = r["total_images_per_s"] / (r["world_size"] * single[r["variant"]])
     by = {r["variant"]: r["total_images_per_s"] for r in ok}
+    for r in ok:  # every row against the first that ran (the baseline: today's default step)
+        r["vs_first"] = r["total_images_per_s"] / ok[0]["total_images_per_s"]
     ratio = lambda a, b: by[a] / by[b] - 1.0 if a in by and b in by else None  # noqa: E731
     return {"config": {k: v for k, v in vars(args).items() if k not in ("variant", "json")},
             "results": ok, "failed": [r for r in rows if "error" in r], "complete": complete,

@@ -117,13 +117,20 @@ def test_a_failing_variant_is_recorded_not_fatal(tmp_path):
 def test_benchmark_variant_names():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from train_throughput import EXTRA, VARIANTS, variant_settings
+        from train_throughput import CPU_VARIANTS, EXTRA, VARIANTS, variant_settings
     finally:
         sys.path.pop(0)
-    assert all(variant_settings(v) is not None for v in VARIANTS + EXTRA)
-    assert variant_settings("again_pgd_at_ema_compiled") == (True, {"ema": {"decay": 0.999}, "compile": True}, False)
-    assert variant_settings("pgd_at_cudagraphs") == (False, {"compile": True, "compile_mode": "reduce-overhead"}, False)
-    assert variant_settings("pgd_at_compiled_ema") is None and variant_settings("trades") is None
+    assert all(variant_settings(v) is not None for v in VARIANTS + EXTRA + CPU_VARIANTS)
+    s = variant_settings("again_pgd_at_ema_compiled")
+    assert (s["again"], s["method"], s["keys"], s["checked"]) == (True, "pgd_at", {"ema": {"decay": 0.999},
+                                                                                 "compile": True}, False)
+    assert variant_settings("pgd_at_cudagraphs")["keys"] == {"compile": True, "compile_mode": "reduce-overhead"}
+    s = variant_settings("again_n_fgsm_bf16_cl_b256_t1_loader")
+    assert (s["again"], s["method"], s["batch"], s["threads"], s["loader"]) == (True, "n_fgsm", 256, 1, True)
+    assert s["keys"] == {"precision": "bf16", "channels_last": True}
+    assert variant_settings("n_fgsm_fp32")["keys"] == {"precision": "fp32"}
+    for bad in ("trades", "pgd_at_b", "pgd_at_x2", "n_fgsm_bf16x", "pgd_atx"):
+        assert variant_settings(bad) is None, bad
 
 
 @pytest.mark.slow

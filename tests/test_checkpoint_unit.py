@@ -24,7 +24,7 @@ class Injector:
 
     def __init__(self, monkeypatch, fail_at: int | None):
         self.calls, self.fail_at = 0, fail_at
-        for owner, name in ((checkpoint, "save_file"), (Path, "write_text"), (os, "fsync"), (os, "rename"),
+        for owner, name in ((io, "save_file"), (Path, "write_text"), (os, "fsync"), (os, "rename"),
                             (os, "replace"), (io, "_exchange"), (shutil, "rmtree"), (Path, "mkdir")):
             monkeypatch.setattr(owner, name, self.wrap(getattr(owner, name)))
 
@@ -96,16 +96,23 @@ def test_a_failure_at_every_write_boundary_leaves_a_complete_pair(tmp_path, monk
 
 
 def test_a_run_directory_top_level_keeps_weights_before_config(tmp_path, monkeypatch):
-    """A directory that holds other files (a run directory) gets the two files one by one: weights
-    first, so a failure leaves the previous config beside weights of the same shape (loadable)."""
+    """A directory that holds other files (a run directory) gets the two files one by one, weights
+    first. A failure between them leaves the previous config beside the new weights: the content hash
+    in config.json says so on load (one line), and the next save makes the pair whole again."""
+    from againzoo.errors import CheckpointError
+
     old, new = models()
     (tmp_path / "metrics.jsonl").write_text("")
     checkpoint.save_pretrained(old, tmp_path, {**checkpoint.model_config(old), "tag": "old"})
-    monkeypatch.setattr(checkpoint, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(OutputError("full")))
-    with pytest.raises(OutputError):
-        checkpoint.save_pretrained(new, tmp_path, {**checkpoint.model_config(new), "tag": "new"})
-    m = againzoo.from_pretrained(tmp_path)
-    assert torch.equal(m(X), new(X)) and (tmp_path / "metrics.jsonl").exists()
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(OutputError("full")))
+        with pytest.raises(OutputError):
+            checkpoint.save_pretrained(new, tmp_path, {**checkpoint.model_config(new), "tag": "new"})
+    with pytest.raises(CheckpointError, match="its sha256 .*config.json records") as e:
+        againzoo.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value) and (tmp_path / "metrics.jsonl").exists()
+    checkpoint.save_pretrained(new, tmp_path, {**checkpoint.model_config(new), "tag": "new"})
+    assert torch.equal(againzoo.from_pretrained(tmp_path)(X), new(X))
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -115,7 +122,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(io, "save_file", full)
     with pytest.raises(OutputError, match="no space left") as e:
         checkpoint.save_pretrained(new, d)
     assert "\n" not in str(e.value)

@@ -56,7 +56,9 @@ def test_cifar_stem_has_no_downsampling():
 
 
 def test_pretrained_backbone_gives_clear_error():
-    with pytest.raises(ValueError, match="no pretrained weights"):
+    from againzoo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no published weights for resnet18_cifar.cifar10"):
         timm.create_model("resnet18_cifar", pretrained=True)
 
 

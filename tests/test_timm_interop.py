@@ -64,6 +64,10 @@ def test_configs_of_againzoo_0_1_still_load(tmp_path):
                               "normalize_in_model": True, "label_names": list("abcdefghij")},
            "again": model.again_config(), "againzoo_version": "0.1.0"}
     (tmp_path / "m" / "config.json").write_text(json.dumps(old))
+    from safetensors.torch import load_file, save_file
+
+    w = str(tmp_path / "m" / "model.safetensors")
+    save_file(load_file(w), w, metadata={"format": "pt"})  # 0.1 wrote no content hashes either
     back = load_local(tmp_path / "m")
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(back(x), model(x), atol=1e-6)

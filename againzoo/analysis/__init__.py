@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..adapter import AgainModel
 from ..errors import ConfigError, OutputError
+from ..integrity import WEIGHTS_KEY, sha256_of
 from ..io import atomic_write_json, writable_dir
 from .asc import asc, compare, dataset_asc
 from .cam import CamResult, cam
@@ -32,7 +33,7 @@ __all__ = ["CamResult", "asc", "cam", "compactness", "compare", "corruption_expe
 
 def _load(run: str | Path, data_dir: str | None, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict, dict]:
     from ..evaluation import eval_data
-    from ..checkpoint import CONFIG
+    from ..checkpoint import CONFIG, WEIGHTS
     from ..pretrained import from_pretrained
 
     path = Path(run)
@@ -40,6 +41,7 @@ def _load(run: str | Path, data_dir: str | None, n: int) -> tuple[nn.Module, tor
         path = path / "best"
     model, wdir = from_pretrained(path, return_dir=True)
     config = json.loads((wdir / CONFIG).read_text())
+    config[WEIGHTS_KEY] = sha256_of(wdir / WEIGHTS)  # every analysis record names the weights it measured
     x, y, data = eval_data(config, data_dir, None, n)
     return model, x, y, data, config
 
@@ -90,11 +92,11 @@ def run_cam(run: str | Path, out_dir: str | Path, n: int = 8, data_dir: str | No
     """CAM grids (Fig. 1 style): images, the main head's CAM and, for AGAIN models, the ASE head's."""
     check_args(n)
     out_dir = Path(out_dir)
-    model, x, y, data, _ = _load(run, data_dir, n)
+    model, x, y, data, config = _load(run, data_dir, n)
     size = tuple(x.shape[-2:])
     main = cam(model, x, y)
     rows = [(f"{main.method} (main)", main.upsampled(size).numpy(), "overlay")]
-    result: dict[str, Any] = {"run": str(run), "data": data, "layer": main.layer, "main_method": main.method,
+    result: dict[str, Any] = {"run": str(run), WEIGHTS_KEY: config[WEIGHTS_KEY], "data": data, "layer": main.layer, "main_method": main.method,
                               "asc_main": asc(main.upsampled(size)).tolist()}
     if isinstance(model, AgainModel):
         ase = cam(model, x, y, head="ase")
@@ -110,13 +112,14 @@ def run_asc(run_a: str | Path, run_b: str | Path, out_dir: str | Path, n: int = 
     """Section 3, Q1: per-image ASC (Eq. 2) of two models on the same images."""
     check_args(n, lam)
     out_dir = Path(out_dir)
-    model_a, x, y, data, _ = _load(run_a, data_dir, n)
-    model_b = _load(run_b, data_dir, 0)[0]
+    model_a, x, y, data, config_a = _load(run_a, data_dir, n)
+    model_b, *_, config_b = _load(run_b, data_dir, 0)
     scores = []
     for m in tqdm([model_a, model_b], desc="ASC", leave=False):
         scores.append(dataset_asc(m, x, y, lam))
     a, b = scores
-    result = {"run_a": str(run_a), "run_b": str(run_b), "lambda": lam, "data": data, **compare(a, b),
+    result = {"run_a": str(run_a), "run_b": str(run_b), "weights_sha256_a": config_a[WEIGHTS_KEY],
+              "weights_sha256_b": config_b[WEIGHTS_KEY], "lambda": lam, "data": data, **compare(a, b),
               "asc_a": a.tolist(), "asc_b": b.tolist()}
     result["png"] = str(plots.asc_scatter(out_dir / "asc.png", a.numpy(), b.numpy(), _name(run_a), _name(run_b), lam))
     return _record(out_dir, "asc", result)
@@ -128,9 +131,10 @@ def run_corruption(standard_run: str | Path, robust_run: str | Path, out_dir: st
     check_args(n, lam, eps)
     out_dir = Path(out_dir)
     std, x, y, data, config = _load(standard_run, data_dir, n)
-    rob = _load(robust_run, data_dir, 0)[0]
+    rob, *_, rob_config = _load(robust_run, data_dir, 0)
     r = corruption_experiment(std, rob, x, y, eps if eps is not None else _eps(config), lam=lam)
-    r.update(standard_run=str(standard_run), robust_run=str(robust_run), data=data)
+    r.update(standard_run=str(standard_run), robust_run=str(robust_run), data=data,
+             weights_sha256_standard=config[WEIGHTS_KEY], weights_sha256_robust=rob_config[WEIGHTS_KEY])
     if r["n_used"]:
         t = r["_tensors"]
         k = min(8, r["n_used"])
@@ -154,7 +158,7 @@ def run_embedding(runs: list[str | Path], out_dir: str | Path, n: int = 500, eps
     for run, name in tqdm(list(zip(runs, _names(runs))), desc="embedding", leave=False):
         model, x, y, data, config = _load(run, data_dir, n)
         r = embedding_experiment(model, x, y, eps if eps is not None else _eps(config))
-        r.update(run=str(run), data=data)
+        r.update(run=str(run), data=data, **{WEIGHTS_KEY: config[WEIGHTS_KEY]})
         results.append((name, r))
     png = plots.embedding_plot(out_dir / "embedding.png", results)
     summary = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results}

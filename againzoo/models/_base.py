@@ -85,6 +85,11 @@ def stats_to_model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+# set by againzoo.timm_entries (on `import againzoo`): (variant, pretrained_cfg, kwargs) -> the zoo's
+# published model of that backbone, sha256-checked; a hook, so that the models never import the zoo
+ZOO_WEIGHTS: Callable[[str, Any, dict[str, Any]], nn.Module] | None = None
+
+
 def build_cifar(model_cls: type, variant: str, pretrained: bool = False, num_stages: int = 5,
                 **kwargs: Any) -> nn.Module:
     """A CIFAR backbone through timm's ``build_model_with_cfg`` (every usual kwarg: ``num_classes``,
@@ -93,6 +98,8 @@ def build_cifar(model_cls: type, variant: str, pretrained: bool = False, num_sta
     with a ``file``/``hf-hub``/``local-dir`` source). Statistics: :func:`stats_to_model_args`."""
     kwargs = stats_to_model_args(kwargs)
     if pretrained and not has_weights_source(kwargs.get("pretrained_cfg"), kwargs["pretrained_cfg_overlay"]):
+        if ZOO_WEIGHTS is not None:  # the zoo's published weights for this backbone (resnet18_cifar.<tag>)
+            return ZOO_WEIGHTS(variant, kwargs.get("pretrained_cfg"), kwargs)
         raise ValueError(f"timm has no pretrained weights for the CIFAR backbone {variant!r}; use "
                          f"timm.create_model('again_...', pretrained=True) or againzoo.create_model for the zoo's")
     feature_cfg = {"feature_cls": "getter", "out_indices": tuple(range(num_stages))}

@@ -8,6 +8,9 @@ label-mixed ASE gate, and both the attack and the loss carry the ASE term of Eq.
 * ``standard``: CE on clean data (no attack), the undefended baseline.
 * ``pgd_at``: Madry et al. 2018, CE on PGD examples (Eq. 7 under AGAIN).
 * ``fgsm_rs``: Wong et al. 2020, one signed step of 1.25 eps from a uniform random start.
+* ``n_fgsm``: de Jorge et al. 2022, one signed step of ``step_size`` (default eps) from uniform noise
+  of ``attack.noise`` (default 2 eps), **not** projected back to the eps ball: the single-step method
+  that resists catastrophic overfitting without extra passes.
 * ``trades``: Zhang et al. 2019, CE(f(x), y) + beta * KL(f(x) || f(x_adv)), the attack maximises the KL.
 * ``mart``: Wang et al. 2020, boosted CE on x_adv + beta * KL(f(x) || f(x_adv)) * (1 - p_y(x)).
 
@@ -127,6 +130,18 @@ def _fgsm_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return ctx.craft(x, _ce_attack_loss(ctx, y), steps=1, step_size=ctx.attack.step_size or 1.25 * ctx.attack.eps)
 
 
+def _n_fgsm_craft(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + eta + step * sign(grad) with eta ~ U[-noise, noise], clipped to the image range only."""
+    a = ctx.attack
+    noise = a.noise if a.noise is not None else 2 * a.eps
+    loss_fn = _ce_attack_loss(ctx, y)
+    with ctx.attack_mode(), ctx.autocast():
+        x_noisy = (x + (torch.rand_like(x) * 2 - 1) * noise).clamp(0, 1).requires_grad_(True)
+        with torch.enable_grad():
+            grad = torch.autograd.grad(loss_fn(x_noisy).sum(), x_noisy)[0]
+    return (x_noisy.detach() + (a.step_size or a.eps) * grad.sign()).clamp(0, 1)
+
+
 def _ce_loss(ctx: StepContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None):
     logits, aux = ctx.forward(model, x if x_adv is None else x_adv, y)
     ls = ctx.label_smoothing
@@ -182,6 +197,7 @@ METHODS: dict[str, Method] = {
     "standard": Method("standard", _no_attack, _ce_loss),
     "pgd_at": Method("pgd_at", _pgd_craft, _ce_loss),
     "fgsm_rs": Method("fgsm_rs", _fgsm_craft, _ce_loss),
+    "n_fgsm": Method("n_fgsm", _n_fgsm_craft, _ce_loss),
     "trades": Method("trades", _trades_craft, _pair_loss(trades_loss), default_beta=6.0),
     "mart": Method("mart", _pgd_craft, _pair_loss(mart_loss), default_beta=6.0),
 }

@@ -40,8 +40,9 @@ from ..errors import ConfigError, DataError, OutputError, TrainingError
 from ..gate_diagnostics import gate_figures
 from ..factory import Normalized, build_model
 from ..checkpoint import CONFIG, WEIGHTS, model_config, save_pretrained
+from ..cpu import native_bf16
 from ..models._base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl, remove_stale_temporaries
+from ..io import append_jsonl, atomic_write, atomic_write_text, read_jsonl, remove_stale_temporaries, writable_dir
 from ..losses import Aux, aux_mean, primary_aux
 from ..recipes import Recipe
 from ..runtime import accuracy, resolve_device
@@ -49,6 +50,7 @@ from .awp import AWP
 from . import distributed as dist_mod
 from .checkpoint import STATE, load_state, save_state
 from .methods import METHODS, Method, StepContext
+from .overfitting import FLAG, collapsed
 from .schedule import lr_factor
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,13 @@ class DeviceSetup:
 
 
 def device_setup(recipe: Recipe, dev: torch.device) -> DeviceSetup:
-    """bf16 autocast, channels_last and cuDNN autotuning on CUDA, fp32 and contiguous on CPU, unless the recipe says
-    otherwise (``precision: bf16`` and ``channels_last: true`` run on CPU too: the CUDA path's
-    rehearsal in the tests)."""
-    use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and dev.type == "cuda")
+    """How a recipe's training step runs on ``dev``. ``precision: auto`` is bf16 autocast on CUDA and
+    on a CPU with native bf16 instructions (:func:`againzoo.cpu.native_bf16`), fp32 elsewhere;
+    ``channels_last`` (None) follows bf16 (measured together on the CPU: ``benchmarks/RESULTS.md``);
+    cuDNN autotuning on CUDA. The attacks of monitoring and evaluation always run in fp32."""
+    use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and (dev.type == "cuda" or native_bf16()))
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    channels_last = recipe.channels_last if recipe.channels_last is not None else dev.type == "cuda"
+    channels_last = recipe.channels_last if recipe.channels_last is not None else (dev.type == "cuda" or use_bf16)
     if dev.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels
         torch.backends.cudnn.benchmark = True
     return DeviceSetup(autocast, channels_last, "bf16" if use_bf16 else "fp32")
@@ -243,7 +246,15 @@ def train(recipe: Recipe | str | Path | None = None, resume: str | Path | None =
         run_dir = Path(resume)
         if not (run_dir / "recipe.yaml").exists():
             raise ConfigError(f"cannot resume: {run_dir} has no recipe.yaml (not a run directory)")
-        recipe = recipes_mod.load(run_dir / "recipe.yaml", overrides)
+        given, recipe = recipe, recipes_mod.load(run_dir / "recipe.yaml", overrides)
+        if given is not None:  # a run continues its own recipe: a different one named beside --resume is a mistake
+            other = given if isinstance(given, Recipe) else recipes_mod.load(given, overrides)
+            mine, theirs = recipe.to_dict(), other.to_dict()
+            changed = [k for k in mine if k != "output_dir" and mine[k] != theirs.get(k)]
+            if changed:
+                raise ConfigError(f"--resume {run_dir} continues the recipe it was started with ({run_dir / 'recipe.yaml'}); "
+                                  f"the recipe given differs in {', '.join(changed)}: drop it to resume, or train it "
+                                  f"into another run directory")
     elif recipe is None:
         raise ConfigError("give a recipe to train, or --resume RUN_DIR")
     elif not isinstance(recipe, Recipe):
@@ -340,7 +351,7 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
 
     main = env.is_main  # rank 0 owns the run directory
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(run_dir)  # one line when it cannot be created (under a file, /proc, no permission)
     counters: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_robust": -1.0, "best_epoch": None}
     if resume is not None:
         if (run_dir / STATE).exists():
@@ -368,7 +379,7 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
     published = ema.module if ema is not None else model
     bar = tqdm(total=total, initial=counters["step"], disable=None if progress and main else True, unit="step",
                dynamic_ncols=True, desc=recipe.name)
-    for epoch in range(counters["epoch"], recipe.epochs):
+    for epoch in range(counters["epoch"] if not counters.get("stopped") else recipe.epochs, recipe.epochs):
         if env.distributed:
             torch.manual_seed(dist_mod.rank_seed(recipe.seed, env, epoch))
         model.train()
@@ -420,6 +431,12 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
             row.update(_monitor(published, model if ema is not None else None, monitor, eps, recipe.eval.attack_steps,
                                 epoch, env, dev))
         val_r = row.get("val_robust_acc")
+        ev = recipe.eval
+        if collapsed(val_r, counters["best_val_robust"], ev.co_ratio, ev.co_min_drop):
+            row.update({FLAG: True, "co_best_val_robust": counters["best_val_robust"]})
+            if ev.stop_on_co:
+                counters["stopped"] = (f"catastrophic overfitting at epoch {epoch + 1} (held-out PGD accuracy "
+                                       f"{val_r:.3f}, best {counters['best_val_robust']:.3f})")
         best = val_r is not None and val_r > counters["best_val_robust"]
         if best:
             counters.update(best_val_robust=val_r, best_epoch=epoch)
@@ -434,7 +451,11 @@ def _train(recipe: Recipe, resume: str | Path | None, run_dir: Path, dev: torch.
             save_pretrained(published, run_dir, {**config, "epoch": epoch})
             save_state(run_dir, model, optimizer, rng, loader.state_dict(), counters, ema)
             _plot_curves(run_dir, read_jsonl(run_dir / "metrics.jsonl"))
+        if counters.get("stopped"):
+            break
     bar.close()
+    if counters.get("stopped") and main:
+        log.warning("%s: stopped: %s; the run is not to be published", recipe.name, counters["stopped"])
     return run_dir
 
 

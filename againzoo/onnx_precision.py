@@ -1,0 +1,117 @@
+"""Reduced-precision forms of a verified fp32 ONNX export: int8 for CPUs, fp16 for GPUs, each checked
+against PyTorch on test images before it is written.
+
+* **int8**: onnxruntime's static quantization (``quantize_static``) in the QDQ format, per-channel
+  int8 weights and uint8 activations (onnxruntime's advice for x86 CPUs with VNNI), calibrated by
+  MinMax on **training** images (never the test images the file is then judged on). Only the
+  convolutions are quantized: the heads and AGAIN's gate (``ArgMax -> Gather -> Mul``) stay float,
+  because the gate must choose exactly the channel weights PyTorch chooses (quantizing the whole
+  graph fails at run time anyway: a per-axis scale on the gate's 2-D Gather).
+* **fp16**: onnxruntime's float16 converter with float32 inputs and outputs (a Cast at each edge),
+  so ``export/predict.py`` and users feed and read float32 as before; made for onnxruntime-gpu's
+  CUDA provider, and run on the CPU provider for the verification here.
+
+**Verification that fits the precision.** Bit-level parity (the fp32 export's check) cannot hold for
+a lower precision, so the file is judged by what a user sees: top-1 agreement with PyTorch on the
+test images and the file's own clean accuracy. A file that agrees on fewer than
+:data:`MIN_AGREEMENT` of the images, or loses more than :data:`MAX_CLEAN_DROP` of clean accuracy, is
+not written (:class:`PrecisionError`, one line saying by how much).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MIN_AGREEMENT = 0.99
+MAX_CLEAN_DROP = 0.01
+QUANTIZED_OPS = ("Conv",)
+
+
+class PrecisionError(CheckpointError):
+    """A reduced-precision file disagrees with PyTorch beyond what its precision allows."""
+
+
+def _session(path: str | Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run(path: str | Path, x: np.ndarray, batch: int = 250, session: Any = None) -> np.ndarray:
+    """The file's first output (logits) for float32 images ``x`` (N, C, H, W), in batches."""
+    sess = session or _session(path)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch].astype(np.float32)})[0]
+                           for i in range(0, len(x), batch)])
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over an array of images, in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 64):
+        self.batches = iter([{input_name: images[i:i + batch].astype(np.float32)} for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray,
+                  op_types: tuple[str, ...] = QUANTIZED_OPS) -> dict[str, Any]:
+    """Write the int8 (QDQ) form of the fp32 file ``fp32`` to ``out``, calibrated on ``calibration``."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader_cls = type("Calibration", (_Calibration, CalibrationDataReader), {})  # onnxruntime is an optional extra
+    with tempfile.TemporaryDirectory(prefix="againzoo-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), reader_cls(calibration, _session(fp32).get_inputs()[0].name),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor (MinMax)",
+            "quantized_ops": list(op_types)}
+
+
+def convert_fp16(fp32: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the fp16 form of ``fp32`` to ``out``: float16 weights and arithmetic, float32 inputs and outputs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+    return {"weights": "float16", "inputs_outputs": "float32"}
+
+
+def agreement(path: str | Path, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Top-1 agreement of the file with PyTorch (fp32) and the clean accuracy of both, on ``x``."""
+    with torch.no_grad():
+        ref = torch.cat([model(x[i:i + 250]) for i in range(0, len(x), 250)]).argmax(1).numpy()
+    got = run(path, x.numpy()).argmax(1)
+    labels = y.numpy()
+    return {"n": int(len(labels)), "top1_agreement": float((got == ref).mean()),
+            "clean_acc": float((got == labels).mean()), "torch_clean_acc": float((ref == labels).mean())}
+
+
+def check(report: dict[str, Any], precision: str, path: str | Path) -> None:
+    """Refuse a file whose agreement or clean accuracy is below what its precision allows."""
+    drop = report["torch_clean_acc"] - report["clean_acc"]
+    if report["top1_agreement"] < MIN_AGREEMENT or drop > MAX_CLEAN_DROP:
+        raise PrecisionError(
+            f"the {precision} file for {path} was not written: it agrees with PyTorch on "
+            f"{100 * report['top1_agreement']:.1f}% of {report['n']} test images (at least {100 * MIN_AGREEMENT:.0f}% "
+            f"required) and its clean accuracy is {100 * report['clean_acc']:.1f}% against PyTorch's "
+            f"{100 * report['torch_clean_acc']:.1f}% ({100 * drop:+.1f} points lost, at most {100 * MAX_CLEAN_DROP:.0f} "
+            f"allowed)")
