@@ -312,6 +312,31 @@ def _backbone_args(cfg: dict[str, Any]) -> dict[str, Any]:
 NOTES = "NOTES.md"  # zoo/NOTES.md: what a user must read before choosing a model (the study's verdict)
 
 
+def _deployed_lines(folder: Path) -> list[str]:
+    """The robustness of a model's ONNX exports, measured on the files (``deployed.json``), if recorded."""
+    path = Path(folder) / "deployed.json"
+    if not path.exists():
+        return []
+    deployed = json.loads(path.read_text())
+    check_record(deployed, Path(folder) / "model.safetensors", path)
+    lines = ["Deployed as ONNX (`againzoo zoo deployed`; each file exported, verified and attacked as it is: the "
+             "suite's attacks transferred from these weights, and Square on the file):", "",
+             "| precision | file MB | agreement with PyTorch | clean | transfer worst case | Square | worst case [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for precision, r in deployed["records"].items():
+        cols = r["columns"]
+        transfer = min((v for k, v in cols.items() if k.startswith("transfer")), default=float("nan"))
+        square = next((v for k, v in cols.items() if k.startswith("Square")), float("nan"))
+        agree = (r.get("verification") or {}).get("top1_agreement")
+        lo, hi = r["worst_case_ci95"]
+        lines.append(f"| {precision} | {r['file_mb']:.2f} | {'exact (parity)' if agree is None else pct(agree)} | "
+                     f"{pct(r['clean_acc'])} | {pct(transfer)} | {pct(square)} | **{pct(r['worst_case_acc'])}** "
+                     f"[{pct(lo)}, {pct(hi)}] |")
+    n = next(iter(deployed["records"].values()))["data"].get("evaluated", "")
+    lines += ["", f"On {n}; Square with {next(iter(deployed['records'].values()))['square_queries']} queries.", ""]
+    return lines
+
+
 def zoo_card(paths: list[str | Path], notes: str | None = None) -> str:
     """The zoo's MODEL_CARD.md: ``notes`` (the zoo's ``NOTES.md``) first, then one section per
     checkpoint, generated from its run directory."""
@@ -355,6 +380,7 @@ def zoo_card(paths: list[str | Path], notes: str | None = None) -> str:
         lines += _eval_table(ev) + [""]
         per = ", ".join(f"{k} {pct(v['acc'])}" for k, v in ev["attacks"].items())
         lines += [f"Per attack: {per}.", ""]
+        lines += _deployed_lines(info["dir"])
         lines += ["Intended use: research baselines for adversarial robustness; not a certified classifier.", "",
                   "Limitations:", ""] + [f"- {x}" for x in _limitations(info)] + [""]
     return "\n".join(lines)

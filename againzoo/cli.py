@@ -195,11 +195,20 @@ def eval_cmd(
     quiet: bool = QUIET_OPTION,
     output: Optional[Path] = output_option(None, "where to write eval.json (default: beside the weights)"),
     overwrite: bool = OVERWRITE_OPTION,
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="for an .onnx SOURCE: the checkpoint it "
+                                             "was exported from (the transfer attacks are crafted on it)"),
+    queries: int = typer.Option(5000, "--queries", help="for an .onnx SOURCE: Square queries against the file"),
 ) -> None:
-    """Evaluate robustness with an attack suite; writes eval.json beside the weights."""
+    """Evaluate robustness with an attack suite; writes eval.json beside the weights. An .onnx file is
+    evaluated as deployed: the suite's attacks transferred from --checkpoint, and Square on the file."""
     from .evaluation import evaluate_checkpoint, markdown_table
     from .gate_diagnostics import describe as describe_gate
     from .recipes import parse_number
+
+    if source.endswith(".onnx"):
+        _eval_onnx(source, checkpoint, suite, data_dir, n_examples, queries, batch_size, output, as_json, quiet,
+                   parse_aa_budget(aa_budget).get("aa_budget"))
+        return
 
     try:
         eps_value = None if eps is None else float(parse_number(eps))
@@ -281,6 +290,32 @@ def card(
             target = load_checkpoint_info(d)["dir"] / "README.md"
             atomic_write_text(target, model_card(d))
             typer.echo(f"wrote {target}")
+
+
+def _eval_onnx(path: str, checkpoint: Optional[str], suite: str, data_dir: Optional[str], n_examples: int,
+               queries: int, batch_size: int, output: Optional[Path], as_json: bool, quiet: bool,
+               budget: Optional[dict]) -> None:
+    require_extra("onnx", ("onnx", "onnxruntime"))
+    from .onnx_eval import evaluate_onnx
+
+    if budget and "n_queries" in budget:
+        queries = budget["n_queries"]
+    r = evaluate_onnx(path, checkpoint, suite, data_dir, n_examples, queries, batch_size, aa_budget=budget,
+                      output=output, progress=_progress(quiet) and not as_json)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    lo, hi = r["worst_case_ci95"]
+    typer.echo(f"{r['file']} ({r['precision']}), {r['data']['evaluated']}, eps={r['eps']:.5f}; transfer from "
+               f"{r['source']} ({suite} suite) + Square-{r['square_queries']} on the file")
+    for name, acc in r["columns"].items():
+        typer.echo(f"  {name:<48}{100 * acc:>7.2f}")
+    typer.echo(f"  {'worst case per example':<48}{100 * r['worst_case_acc']:>7.2f}  [{100 * lo:.2f}, {100 * hi:.2f}]")
+    if r.get("source_record"):
+        s = r["source_record"]
+        typer.echo(f"  source checkpoint's own record ({s['suite']} suite, n={s['n']}): clean {100 * s['clean_acc']:.2f}, "
+                   f"worst case {100 * s['worst_case_acc']:.2f}")
+    typer.echo(f"wrote {r['written']}")
 
 
 @app.command()
@@ -454,6 +489,37 @@ def zoo_build(
             if "parts" in e:
                 typer.echo(f"  packed into {len(e['parts'])} part(s) in {parts_dir}")
     typer.echo(f"wrote {work_dir / 'manifest.json'} and {card}")
+
+
+@zoo_app.command("deployed")
+@user_errors
+def zoo_deployed(
+    ids: List[str] = typer.Argument(..., help="published entries (zoo/<id>) to export and evaluate as deployed"),
+    precision: List[str] = typer.Option(["fp32", "int8", "fp16"], "--precision", help="the precisions to measure"),
+    data_dir: Optional[str] = data_dir_option(),
+    zoo_dir: Path = typer.Option(Path("zoo"), "--zoo-dir", help="where zoo/<id>/ is"),
+    card: Path = typer.Option(Path("MODEL_CARD.md"), "--card"),
+    n_examples: int = n_examples_option(1000, "test images"),
+    queries: int = typer.Option(5000, "--queries", help="Square queries against each file"),
+    aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Export published models at each precision and measure the robustness of the files (zoo/<id>/deployed.json)."""
+    require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
+    from .zoo import evaluate_deployed, regenerate_card
+
+    budget = parse_aa_budget(aa_budget).get("aa_budget")
+    for i in ids:
+        folder = zoo_dir / i
+        if not (folder / "model.safetensors").exists():
+            raise ConfigError(f"{folder} holds no published model (model.safetensors)")
+        out = evaluate_deployed(folder, tuple(precision), data_dir, n_examples,
+                                (budget or {}).get("n_queries", queries), aa_budget=budget, progress=_progress(quiet))
+        for p, r in out["records"].items():
+            typer.echo(f"{i} {p}: {r['file_mb']} MB, clean {100 * r['clean_acc']:.2f}, "
+                       f"worst case {100 * r['worst_case_acc']:.2f}")
+    regenerate_card(zoo_dir, card)
+    typer.echo(f"wrote {', '.join(str(zoo_dir / i / 'deployed.json') for i in ids)} and {card}")
 
 
 @zoo_app.command("table")

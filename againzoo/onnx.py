@@ -180,13 +180,16 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
            eval_json: dict[str, Any] | None = None, real_images: torch.Tensor | None = None,
            eps: float = 8 / 255, seed: int = 0, precision: str = "fp32",
            test: tuple[torch.Tensor, torch.Tensor, str] | None = None,
-           calibration: tuple[np.ndarray, str] | None = None) -> dict[str, Any]:
+           calibration: tuple[np.ndarray, str] | None = None,
+           quantized_ops: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Export ``model``'s inference path to ``output`` and verify it; returns the parity report.
 
     ``precision`` ``fp16`` / ``int8`` (:mod:`againzoo.onnx_precision`): the verified fp32 graph is
     converted (int8: calibrated on ``calibration = (training images, description)``), then judged on
     ``test = (images, labels, description)`` by its top-1 agreement with PyTorch and its clean
-    accuracy, and written only if it passes; the figures go into the file's ``metadata_props``."""
+    accuracy, and written only if it passes; the figures go into the file's ``metadata_props``.
+    ``quantized_ops``: the op types int8 quantizes (default: convolutions only; a test quantizes the
+    gate too, to see the result refused)."""
     import onnx
 
     from . import onnx_precision as P
@@ -228,8 +231,9 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
         if precision != "fp32":  # convert the verified fp32 graph, judge the result by what a user sees
             onnx.save(mo, str(full))
             low = Path(tmp) / f"{precision}.onnx"
-            how = (P.quantize_int8(full, low, calibration[0]) if precision == "int8" else P.convert_fp16(full, low))
-            figures = P.agreement(low, model, test[0], test[1])
+            how = (P.quantize_int8(full, low, calibration[0], quantized_ops or P.QUANTIZED_OPS) if precision == "int8"
+                   else P.convert_fp16(full, low))
+            figures = P.agreement(low, model, test[0], test[1], precision, output)
             P.check(figures, precision, output)
             mo = onnx.load(str(low))
             meta.update(conversion=json.dumps(how), verification=json.dumps({**figures, "data": test[2]}))

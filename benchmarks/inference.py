@@ -1,9 +1,15 @@
-"""Inference speed: PyTorch eager vs onnxruntime, latency at batch 1 and throughput at batch 64,
-in one run, reported as ratios (machines are noisy; ratios much less so). Prints a table and
-writes JSON. On a machine with onnxruntime-gpu and CUDA it adds the CUDA provider and CUDA eager.
+"""Inference speed of the deployment forms: PyTorch eager vs onnxruntime fp32, fp16 and int8, latency at
+batch 1 and throughput at batch 64, file sizes, in one run, reported as ratios (machines are noisy;
+ratios much less so). Prints a table and writes JSON. With onnxruntime-gpu and CUDA it adds the CUDA
+provider's rows (where fp16 belongs) and CUDA eager.
 
-    python benchmarks/inference.py                                      # tiny model (what CI runs)
-    python benchmarks/inference.py --width 64 --px 32 --iters 50        # ResNet-18 size
+With ``--checkpoint`` the files are the real exports of that checkpoint (``againzoo export
+--precision ...``: verified against PyTorch on test images, int8 calibrated on training images);
+without, an untrained model of ``--arch`` / ``--width`` is exported, its int8 form calibrated on
+random images (a speed measurement only: its accuracy means nothing).
+
+    python benchmarks/inference.py                                          # tiny model (what CI runs)
+    python benchmarks/inference.py --checkpoint zoo/resnet18_cifar_w16_cpu --data-dir ../shared/data --iters 50
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 
 import againzoo
-from againzoo.onnx import export
+from againzoo.onnx import export, export_checkpoint
+from againzoo.onnx_precision import PRECISIONS, convert_fp16, quantize_int8
 
 
 def timeit(fn, iters: int, warmup: int = 3) -> float:
@@ -30,36 +38,57 @@ def timeit(fn, iters: int, warmup: int = 3) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def files(args: argparse.Namespace, tmp: Path) -> tuple[torch.nn.Module, dict[str, Path], int]:
+    """The model and its three ONNX forms (precision -> path), and the input size."""
+    out = {p: tmp / f"m_{p}.onnx" for p in PRECISIONS}
+    if args.checkpoint:
+        model = againzoo.from_pretrained(args.checkpoint)
+        for p, path in out.items():
+            export_checkpoint(args.checkpoint, path, data_dir=args.data_dir, precision=p, n_examples=args.n)
+        return model, out, int(model.pretrained_cfg["input_size"][-1])
+    model = againzoo.create_model(args.arch, width=args.width,
+                                  pretrained_cfg_overlay={"input_size": (3, args.px, args.px)}).eval()
+    export(model, out["fp32"])
+    convert_fp16(out["fp32"], out["fp16"])
+    quantize_int8(out["fp32"], out["int8"], np.random.default_rng(0).random((128, 3, args.px, args.px), np.float32))
+    return model, out, args.px
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="again_resnet18")
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--px", type=int, default=16)
+    p.add_argument("--checkpoint", default=None, help="export and time this checkpoint (a zoo/<id> folder)")
+    p.add_argument("--data-dir", default=None, help="its dataset (test images for the checks, calibration)")
+    p.add_argument("--n", type=int, default=1000, help="test images the reduced precisions are judged on")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both runtimes (0 = default)")
     p.add_argument("--json", default="benchmarks/inference.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = againzoo.create_model(args.arch, width=args.width,
-                                  pretrained_cfg_overlay={"input_size": (3, args.px, args.px)}).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        export(model, path)
+        model, paths, px = files(args, Path(tmp))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if args.threads:
             opts.intra_op_num_threads = args.threads
-        runtimes = {"torch eager (cpu)": None, "onnxruntime CPU": ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])}
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            runtimes["onnxruntime CUDA"] = ort.InferenceSession(str(path), opts, providers=["CUDAExecutionProvider"])
+        providers = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if "CUDAExecutionProvider"
+                                                 in ort.get_available_providers() else [])
+        runtimes: dict[tuple[str, str], object] = {("torch eager (cpu)", "fp32"): None}
+        for prov in providers:
+            for prec, path in paths.items():
+                runtimes[(f"onnxruntime {prov.removesuffix('ExecutionProvider')}", prec)] = \
+                    ort.InferenceSession(str(path), opts, providers=[prov])
         if torch.cuda.is_available():
-            runtimes["torch eager (cuda)"] = "cuda"
+            runtimes[("torch eager (cuda)", "fp32")] = "cuda"
+        sizes = {prec: path.stat().st_size / 2**20 for prec, path in paths.items()}
         rows = []
         for batch in (1, 64):
-            x = torch.rand(batch, 3, args.px, args.px)
+            x = torch.rand(batch, 3, px, px)
             xn = x.numpy()
-            for name, rt in runtimes.items():
+            for (name, prec), rt in runtimes.items():
                 if rt is None:
                     fn = lambda: model(x)
                 elif rt == "cuda":
@@ -69,19 +98,23 @@ def main() -> None:
                     fn = lambda rt=rt: rt.run(None, {"images": xn})
                 with torch.inference_mode():
                     s = timeit(fn, args.iters)
-                rows.append({"runtime": name, "batch": batch, "latency_ms": 1000 * s, "images_per_s": batch / s})
+                rows.append({"runtime": name, "precision": prec, "batch": batch, "latency_ms": 1000 * s,
+                             "images_per_s": batch / s, "file_mb": None if rt is None or rt == "cuda" else sizes[prec]})
             model.cpu()
-    base = {r["batch"]: r for r in rows if r["runtime"] == "torch eager (cpu)"}
+    base = {r["batch"]: r for r in rows if (r["runtime"], r["precision"]) == ("onnxruntime CPU", "fp32")}
     for r in rows:
-        r["speedup_vs_torch_cpu"] = base[r["batch"]]["latency_ms"] / r["latency_ms"]
-    print(f"inference, {args.arch} width {args.width}, {args.px}px, {args.iters} iterations")
-    print(f"{'runtime':<22}{'batch':>6}{'ms':>10}{'img/s':>10}{'vs torch cpu':>14}")
+        r["speedup_vs_onnxruntime_fp32"] = base[r["batch"]]["latency_ms"] / r["latency_ms"]
+    what = args.checkpoint or f"{args.arch} width {args.width} (untrained), {args.px}px"
+    print(f"inference, {what}, {args.iters} iterations, onnxruntime {ort.__version__}")
+    print(f"{'runtime':<22}{'prec':>6}{'batch':>6}{'ms':>10}{'img/s':>10}{'MB':>8}{'vs ort fp32':>13}")
     for r in rows:
-        print(f"{r['runtime']:<22}{r['batch']:>6}{r['latency_ms']:>10.2f}{r['images_per_s']:>10.0f}{r['speedup_vs_torch_cpu']:>13.2f}x")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"config": vars(args), "results": rows, "torch": torch.__version__,
-                                           "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d")},
-                                          indent=2) + "\n")
+        mb = "-" if r["file_mb"] is None else f"{r['file_mb']:.2f}"
+        print(f"{r['runtime']:<22}{r['precision']:>6}{r['batch']:>6}{r['latency_ms']:>10.2f}{r['images_per_s']:>10.0f}"
+              f"{mb:>8}{r['speedup_vs_onnxruntime_fp32']:>12.2f}x")
+    from againzoo.io import atomic_write_json
+
+    atomic_write_json(args.json, {"config": vars(args), "results": rows, "torch": torch.__version__,
+                                  "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d")})
 
 
 if __name__ == "__main__":

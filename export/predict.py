@@ -2,6 +2,7 @@
 
     python export/predict.py model.onnx cat.png dog.jpg            # labels and probabilities
     python export/predict.py model.onnx --npy batch.npy --top 3     # an (N, C, H, W) float array
+    python export/predict.py model_int8.onnx --info                 # its precision (fp32, fp16, int8), provider, input
 
     from predict import Predictor
     p = Predictor("model.onnx")
@@ -90,6 +91,11 @@ class Predictor:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or int8: what ``againzoo export --precision`` wrote (files before it: fp32)."""
+        return self.metadata.get("precision", "fp32")
+
     # -- preprocessing ---------------------------------------------------------------------
     def _load_image(self, item: Any) -> np.ndarray:
         from PIL import Image
@@ -163,13 +169,25 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=1)
     ap.add_argument("--clamp", action="store_true", help="clip values outside [0, 1] instead of failing")
     ap.add_argument("--json", action="store_true", help="print JSON lines")
+    ap.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="onnxruntime provider: cuda needs onnxruntime-gpu (default: cuda when available)")
+    ap.add_argument("--info", action="store_true", help="print the file's precision, provider, input and classes")
     args = ap.parse_args(list(argv) if argv is not None else None)
-    if not args.images and not args.npy:
-        ap.error("give image files or --npy")
+    if not args.images and not args.npy and not args.info:
+        ap.error("give image files or --npy (or --info)")
     try:
         if args.top < 1:
             raise InputError(f"--top must be >= 1, got {args.top}")
-        p = Predictor(args.model, clamp=args.clamp)
+        providers = None if args.provider == "auto" else [f"{args.provider.upper()}ExecutionProvider"]
+        if args.provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InputError("--provider cuda needs onnxruntime-gpu with a CUDA device; this onnxruntime offers "
+                             f"{', '.join(ort.get_available_providers())} (pip install onnxruntime-gpu)")
+        p = Predictor(args.model, providers=providers, clamp=args.clamp)
+        if args.info:
+            print(f"{args.model}: {p.precision}, {p.provider}, input {p.channels}x{p.height}x{p.width}, "
+                  f"{len(p.class_names)} classes")
+            if not args.images and not args.npy:
+                return 0
         inputs = np.load(args.npy, allow_pickle=False) if args.npy else list(args.images)
         result = p.predict(inputs)
     except (InputError, OSError, ValueError) as e:

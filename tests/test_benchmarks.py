@@ -72,9 +72,14 @@ def test_eval_throughput_benchmark_runs(tmp_path):
 def test_inference_benchmark_runs(tmp_path):
     data, stdout = run_benchmark("inference.py", tmp_path / "inf.json", "--iters", "2")
     rows = data["results"]
-    assert {(r["runtime"], r["batch"]) for r in rows} >= {("torch eager (cpu)", 1), ("onnxruntime CPU", 1),
-                                                           ("torch eager (cpu)", 64), ("onnxruntime CPU", 64)}
-    assert "vs torch cpu" in stdout
+    assert {(r["runtime"], r["precision"], r["batch"]) for r in rows} >= {
+        (rt, p, b) for b in (1, 64) for rt, p in (("torch eager (cpu)", "fp32"), ("onnxruntime CPU", "fp32"),
+                                                  ("onnxruntime CPU", "fp16"), ("onnxruntime CPU", "int8"))}
+    sizes = {r["precision"]: r["file_mb"] for r in rows if r["runtime"] == "onnxruntime CPU"}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    assert all(r["speedup_vs_onnxruntime_fp32"] == 1.0 for r in rows if (r["runtime"], r["precision"]) ==
+               ("onnxruntime CPU", "fp32"))
+    assert "vs ort fp32" in stdout
 
 
 @pytest.mark.slow

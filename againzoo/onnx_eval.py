@@ -1,0 +1,155 @@
+"""Robustness of a deployed ONNX file, measured on the file itself.
+
+An ONNX file has no gradients, so white-box attacks cannot run on it. What can:
+
+(a) **Transfer from the source checkpoint.** Every attack of an evaluation suite (``quick`` by
+    default: our APGD-CE / APGD-T on every objective the model exposes, the gate-targeted attack,
+    the official APGD-CE / APGD-T with the hard and the straight-through gate) is crafted in PyTorch
+    on the checkpoint the file was exported from (named by its sha256 in the file's metadata), and
+    the adversarial images are fed to the file. For an fp32 export the file computes what the
+    source computes, so this is the white-box number; for int8 / fp16 it measures how much the
+    precision change moves the decision on the source's worst examples.
+(b) **A black-box attack on the file.** The official AutoAttack's Square attack (Andriushchenko et
+    al. 2020; score-based, 5,000 queries by default) runs against onnxruntime directly, on the images
+    the file still classifies correctly after (a).
+
+The record (``onnx_eval.json`` beside the file by default) has clean accuracy of the file, each
+transfer attack's and Square's accuracy, the per-example worst case with its Wilson interval, the
+per-example bits, and the source model's own record beside it (its ``eval.json`` when the weights
+match). A robust accuracy that only a transfer attack measured is an upper bound of the white-box
+one; the record says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .integrity import WEIGHTS_KEY, sha256_of
+
+DEFAULT_QUERIES = 5000
+
+
+class OnnxModel(nn.Module):
+    """An onnxruntime session as a (gradient-free) torch module: float images in [0, 1] -> logits."""
+
+    def __init__(self, path: str | Path, batch: int = 500):
+        super().__init__()
+        from .onnx_precision import _session
+
+        self.path, self.batch = Path(path), batch
+        self.session = _session(path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().cpu().float().numpy()
+        out = [self.session.run(None, {self.input_name: arr[i:i + self.batch]})[0] for i in range(0, len(arr), self.batch)]
+        return torch.from_numpy(np.concatenate(out)).to(x.device) if out else torch.zeros(0, 10)
+
+
+def _source(onnx: OnnxModel, source: str | None) -> tuple[nn.Module, Path]:
+    """The checkpoint the file was exported from: ``source``, checked against the file's recorded sha256."""
+    from .checkpoint import WEIGHTS
+    from .pretrained import from_pretrained
+
+    if source is None:
+        raise ConfigError(f"evaluating {onnx.path} needs the checkpoint it was exported from (--checkpoint DIR): the "
+                          f"transfer attacks are crafted on it")
+    path = Path(source)
+    if path.is_dir() and (path / "best" / "config.json").exists():
+        path = path / "best"
+    model, wdir = from_pretrained(str(path), return_dir=True)
+    recorded = onnx.metadata.get(WEIGHTS_KEY)
+    actual = sha256_of(wdir / WEIGHTS)
+    if recorded is not None and recorded != actual:
+        raise CheckpointError(f"{onnx.path} was exported from weights with sha256 {recorded[:16]}..., but {wdir} "
+                              f"holds {actual[:16]}...: give the checkpoint it was exported from")
+    return model.eval(), wdir
+
+
+def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", data_dir: str | None = None,
+                  n_examples: int = 1000, queries: int = DEFAULT_QUERIES, batch_size: int = 250, seed: int = 0,
+                  aa_iter: int = 100, n_targets: int = 9, aa_budget: dict[str, int] | None = None,
+                  output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate the ONNX file ``path`` (see the module docstring); writes and returns the record.
+    ``aa_budget`` reduces the official attacks' budgets (tests only; the record says so)."""
+    from tqdm.auto import tqdm
+
+    from . import autoattack as AA
+    from .evaluation import SUITES, check_budget, eval_data, run_attack, suite_specs
+    from .io import atomic_write_json
+    from .stats import to_bits, wilson
+
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    if n_examples < 1 or queries < 1:
+        raise ConfigError(f"n_examples and queries must be >= 1, got {n_examples} and {queries}")
+    if not Path(path).is_file():
+        raise CheckpointError(f"ONNX file not found: {path}")
+    t0 = time.time()
+    onnx = OnnxModel(path)
+    model, wdir = _source(onnx, source)
+    config = json.loads((wdir / "config.json").read_text())
+    eps = float(((config.get("recipe") or {}).get("attack") or {}).get("eps", 8 / 255))
+    check_budget(eps, "Linf")
+    x, y, data = eval_data(config, data_dir, None, n_examples)
+    with torch.no_grad():
+        correct = onnx(x).argmax(1) == y
+    worst = correct.clone()
+    columns: dict[str, float] = {"Clean": float(correct.float().mean())}
+    bits: dict[str, str] = {"clean": to_bits(correct)}
+    gen = torch.Generator().manual_seed(seed)
+    specs = suite_specs(suite, model, aa_iter=aa_iter, n_targets=n_targets)
+    for spec in tqdm(specs, desc="transfer", disable=None if progress else True, leave=False):
+        if spec.kind == "autoattack":
+            gate = "straight_through" if spec.mode == "st" else "hard"
+            x_adv = AA.run_autoattack(model, x, y, eps, gate=gate, batch_size=batch_size, seed=seed,
+                                      budget=aa_budget, attacks=spec.aa_attacks).x_adv
+        else:
+            x_adv = torch.cat([run_attack(spec, model, x[i:i + batch_size], y[i:i + batch_size], eps, "Linf", gen)
+                               for i in range(0, len(y), batch_size)])
+        with torch.no_grad():
+            ok = (onnx(x_adv).argmax(1) == y) & correct
+        name = f"transfer {spec.name}"
+        columns[name] = float(ok.float().mean())
+        bits[name] = to_bits(ok)
+        worst &= ok
+    idx = torch.nonzero(worst).flatten()
+    square = worst.clone()
+    if len(idx):
+        square[idx] = AA.square_correct(onnx, x[idx], y[idx], eps, "Linf", queries, seed, batch_size)
+    columns[f"Square-{queries} (on the file)"] = float(square.float().mean())
+    bits["square"] = to_bits(square)
+    worst &= square
+    n = len(y)
+    lo, hi = wilson(float(worst.float().mean()), n)
+    meta = onnx.metadata
+    record = {
+        "file": str(path), "file_sha256": sha256_of(path), "precision": meta.get("precision", "fp32"),
+        "source": str(wdir), WEIGHTS_KEY: sha256_of(wdir / "model.safetensors"), "suite": suite, "eps": eps,
+        "norm": "Linf", "data": data, "clean_acc": columns["Clean"], "columns": columns,
+        "worst_case_acc": float(worst.float().mean()), "worst_case_ci95": [lo, hi],
+        "per_example": {**bits, "worst_case": to_bits(worst)},
+        "square_queries": queries, "budget": aa_budget or "standard", "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d"),
+        "meaning": "transfer attacks are crafted on the source checkpoint in PyTorch and applied to the file; Square "
+                   "queries the file itself; the worst case is per example over all of them (an upper bound of a "
+                   "white-box worst case on the file)",
+    }
+    source_record = wdir / "eval.json"
+    if source_record.exists():
+        ev = json.loads(source_record.read_text())
+        if ev.get(WEIGHTS_KEY) in (None, record[WEIGHTS_KEY]):
+            record["source_record"] = {"suite": ev.get("suite"), "clean_acc": ev.get("clean_acc"),
+                                       "worst_case_acc": ev.get("worst_case_acc"), "n": (ev.get("data") or {}).get("n")}
+    target = Path(output) if output is not None else Path(path).with_suffix(".eval.json")
+    atomic_write_json(target, record)
+    record["written"] = str(target)
+    return record
