@@ -494,10 +494,11 @@ def zoo_build(
 @zoo_app.command("deployed")
 @user_errors
 def zoo_deployed(
-    ids: List[str] = typer.Argument(..., help="published entries (zoo/<id>) to export and evaluate as deployed"),
+    ids: List[str] = typer.Argument(..., help="published entries (the registry's names) to export and evaluate"),
+    dataset: str = typer.Option("cifar10", "--dataset", help="the dataset of the published entries"),
     precision: List[str] = typer.Option(["fp32", "int8", "fp16"], "--precision", help="the precisions to measure"),
     data_dir: Optional[str] = data_dir_option(),
-    zoo_dir: Path = typer.Option(Path("zoo"), "--zoo-dir", help="where zoo/<id>/ is"),
+    zoo_dir: Path = typer.Option(Path("zoo"), "--zoo-dir", help="the folder of the zoo's entries"),
     card: Path = typer.Option(Path("MODEL_CARD.md"), "--card"),
     n_examples: int = n_examples_option(1000, "test images"),
     queries: int = typer.Option(5000, "--queries", help="Square queries against each file"),
@@ -506,20 +507,21 @@ def zoo_deployed(
 ) -> None:
     """Export published models at each precision and measure the robustness of the files (zoo/<id>/deployed.json)."""
     require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
-    from .zoo import evaluate_deployed, regenerate_card
+    from .zoo import evaluate_deployed, folder_name, regenerate_card
 
     budget = parse_aa_budget(aa_budget).get("aa_budget")
-    for i in ids:
-        folder = zoo_dir / i
+    folders = {i: zoo_dir / folder_name(i, dataset) for i in ids}
+    for i, folder in folders.items():
         if not (folder / "model.safetensors").exists():
-            raise ConfigError(f"{folder} holds no published model (model.safetensors)")
+            raise ConfigError(f"{folder} holds no published model (model.safetensors) for {i} on {dataset}")
+    for i, folder in folders.items():
         out = evaluate_deployed(folder, tuple(precision), data_dir, n_examples,
                                 (budget or {}).get("n_queries", queries), aa_budget=budget, progress=_progress(quiet))
         for p, r in out["records"].items():
             typer.echo(f"{i} {p}: {r['file_mb']} MB, clean {100 * r['clean_acc']:.2f}, "
                        f"worst case {100 * r['worst_case_acc']:.2f}")
     regenerate_card(zoo_dir, card)
-    typer.echo(f"wrote {', '.join(str(zoo_dir / i / 'deployed.json') for i in ids)} and {card}")
+    typer.echo(f"wrote {', '.join(str(f / 'deployed.json') for f in folders.values())} and {card}")
 
 
 @zoo_app.command("table")

@@ -7,7 +7,8 @@ For each entry (a zoo id such as ``again_resnet18`` and its recipe), :func:`buil
    of epochs so that all trainings and evaluations fit, or skips entries and says why;
 2. **trains** the recipe (a run directory under ``work_dir``);
 3. **publishes** the selected checkpoint (``best/``: chosen on the held-out slice, the weight
-   average when the recipe has EMA) as ``zoo/<id>/model.safetensors`` in fp16 (floating tensors in
+   average when the recipe has EMA) as ``zoo/<id>/model.safetensors`` in fp16 (``zoo/<id>-<dataset>``
+   for a dataset other than CIFAR-10) (floating tensors in
    float16, integer buffers unchanged), with its ``config.json`` (plus a ``published`` section) and
    the run's ``metrics.jsonl``;
 4. **evaluates** ``zoo/<id>`` itself, i.e. the fp16 file upcast to fp32 on load, with the
@@ -198,9 +199,14 @@ def regenerate_card(zoo_dir: Path, card: Path) -> Path:
     return atomic_write_text(card, zoo_card(dirs, notes.read_text() if notes.exists() else None))
 
 
-def _published(zoo_dir: Path, entry: ZooEntry, recipe_name: str, overrides: list[str]) -> dict[str, Any] | None:
-    """The build record of ``zoo/<id>/`` when it holds this recipe's published weights, unchanged since."""
-    folder = zoo_dir / entry.id
+def folder_name(entry_id: str, dataset: str) -> str:
+    """``zoo/<id>`` for CIFAR-10 (the published folders), ``zoo/<id>-<dataset>`` for any other dataset, so
+    that building an entry on another dataset never replaces the published CIFAR-10 weights."""
+    return entry_id if dataset == "cifar10" else f"{entry_id}-{dataset}"
+
+
+def _published(folder: Path, recipe_name: str, overrides: list[str]) -> dict[str, Any] | None:
+    """The build record of a zoo folder when it holds this recipe's published weights, unchanged since."""
     try:
         record = json.loads((folder / BUILD).read_text())
     except (OSError, json.JSONDecodeError):
@@ -209,12 +215,12 @@ def _published(zoo_dir: Path, entry: ZooEntry, recipe_name: str, overrides: list
     return record if same and (folder / WEIGHTS).exists() and sha256_of(folder / WEIGHTS) == record.get("sha256") else None
 
 
-def _decided_epochs(zoo_dir: Path, work_dir: Path, entries: list[ZooEntry]) -> int | None:
+def _decided_epochs(folders: list[Path], work_dir: Path, entries: list[ZooEntry]) -> int | None:
     """The epochs an interrupted build of these entries already chose (a published entry's, else the
     work dir's plan), so that a resumed build keeps one schedule for all of them."""
-    for e in entries:
+    for folder in folders:
         try:
-            return int(json.loads((zoo_dir / e.id / BUILD).read_text())["epochs"])
+            return int(json.loads((folder / BUILD).read_text())["epochs"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
     try:
@@ -283,7 +289,8 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
                                 "train_minutes": train_minutes, "tier": tier,
                                 "device": device or "auto", "suite": suite, "n_examples": n_examples,
                                 "eval_batch_size": eval_batch_size, "entries": []}
-    decided = _decided_epochs(zoo_dir, work_dir, entries)
+    datasets = [recipes_mod.load(e.recipe, [*e.overrides, *(overrides or [])]).data.dataset for e in entries]
+    decided = _decided_epochs([zoo_dir / folder_name(e.id, d) for e, d in zip(entries, datasets)], work_dir, entries)
     plans = plan(entries, budget_s, n_examples, device, list(overrides or []), eval_batch_size,
                  None if train_minutes is None else 60.0 * train_minutes, epochs=decided)
     manifest["resumed"] = decided is not None
@@ -295,7 +302,8 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
     slow = {"train": 1.0, "eval": 1.0}  # how much slower than estimated the finished entries ran
     for k, p in enumerate(plans):
         entry = p.entry
-        done = _published(zoo_dir, entry, p.recipe.name, p.overrides) if not p.skipped else None
+        target = zoo_dir / folder_name(entry.id, p.recipe.data.dataset)
+        done = _published(target, p.recipe.name, p.overrides) if not p.skipped else None
         if budget_s is not None and not p.skipped and done is None and p.epoch_s_est:  # shrink after an overrun
             left = budget_s - (time.time() - t0)
             p.eval_s_est *= slow["eval"]
@@ -306,7 +314,8 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             elif fit < p.epochs:
                 p.epochs = fit
                 p.overrides = [o for o in p.overrides if not o.startswith("epochs=")] + [f"epochs={fit}"]
-        record: dict[str, Any] = {"id": entry.id, "recipe": entry.recipe, "recipe_epochs": p.recipe_epochs,
+        record: dict[str, Any] = {"id": entry.id, "folder": str(target), "recipe": entry.recipe,
+                                  "recipe_epochs": p.recipe_epochs,
                                   "epochs": p.epochs, "overrides": p.overrides,
                                   "measured_images_per_s": p.images_per_s,
                                   "measured_eval_passes_per_s": p.eval_passes_per_s,
@@ -317,7 +326,6 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             bar.update(3)
             atomic_write_json(work_dir / "manifest.json", manifest)
             continue
-        target = zoo_dir / entry.id
         if done is None:
             ts = time.time()
             run_dir = work_dir / entry.id / p.recipe.name

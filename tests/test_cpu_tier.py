@@ -206,7 +206,7 @@ def test_tier_build_interrupted_continues_and_loads_by_every_name(tmp_path, monk
     monkeypatch.setattr(zoo, "_measure", lambda *a: pytest.fail("a resumed build re-measured its epochs"))
     with pytest.raises(Stop):
         zoo.build(**kw)
-    twin_rows = read_jsonl(tmp_path / "zoo" / "resnet18_cifar_w8_cpu" / "metrics.jsonl")
+    twin_rows = read_jsonl(tmp_path / "zoo" / "resnet18_cifar_w8_cpu-digits" / "metrics.jsonl")
     assert [r["epoch"] for r in twin_rows] == [0, 1]  # resumed after epoch 1, not restarted
     monkeypatch.setattr(zoo, "evaluate_checkpoint", real_eval)
     import againzoo.training as training_pkg
@@ -222,14 +222,14 @@ def test_tier_build_interrupted_continues_and_loads_by_every_name(tmp_path, monk
     assert calls["train"] == 0  # both published already: only the AGAIN model's evaluation was left
     assert m["resumed"] and [e["eval_s"] > 0 for e in m["entries"]] == [False, True]
     for e, rec in zip(pair, m["entries"]):
-        folder = tmp_path / "zoo" / e.id
+        folder = tmp_path / "zoo" / f"{e.id}-digits"
         built = json.loads((folder / zoo.BUILD).read_text())
         assert built["sha256"] == built["evaluated_sha256"] == sha256_of(folder / "model.safetensors")
         assert built["epochs"] == 2 and built["training"]["train_minutes"] >= 0 and built["training"]["images_per_s"] > 0
         assert rec["registry"]["training"]["epochs"] == 2 and rec["registry"]["tag"] == "w8_cpu_digits"
     x = torch.rand(3, 3, 16, 16)
     for e in pair:
-        ref = againzoo.from_pretrained(tmp_path / "zoo" / e.id)
+        ref = againzoo.from_pretrained(tmp_path / "zoo" / f"{e.id}-digits")
         by_name = againzoo.create_model(e.id, pretrained=True, dataset="digits")
         by_timm = timm.create_model(f"{e.arch}.{e.tag}", pretrained=True)
         assert torch.equal(by_name(x), ref(x)) and torch.equal(by_timm(x), ref(x))
@@ -250,4 +250,4 @@ def test_a_collapsed_run_is_never_published(tmp_path, monkeypatch):
                   zoo_dir=tmp_path / "zoo", card=tmp_path / "CARD.md", work_dir=tmp_path / "runs",
                   overrides=[*TINY_RUN, "epochs=3"], n_examples=8, progress=False, eval_kw=TINY_EVAL)
     assert "not published: catastrophic overfitting at epoch 2" in m["entries"][0]["refused"]
-    assert not (tmp_path / "zoo" / "resnet18_cifar_w8_cpu").exists() and not (tmp_path / "registry.json").exists()
+    assert not (tmp_path / "zoo" / "resnet18_cifar_w8_cpu-digits").exists() and not (tmp_path / "registry.json").exists()

@@ -154,12 +154,13 @@ def test_zoo_deployed_records_each_precision_and_the_card_shows_them(tiny_runs, 
     import shutil
 
     zoo = tmp_path / "zoo"
-    shutil.copytree(tiny_runs["again"] / "best", zoo / "tiny_again")
-    res = CliRunner().invoke(app, ["zoo", "deployed", "tiny_again", "--zoo-dir", str(zoo), "--card", str(tmp_path / "CARD.md"),
+    shutil.copytree(tiny_runs["again"] / "best", zoo / "tiny_again-digits")
+    res = CliRunner().invoke(app, ["zoo", "deployed", "tiny_again", "--dataset", "digits", "--zoo-dir", str(zoo),
+                                   "--card", str(tmp_path / "CARD.md"),
                                    "--precision", "fp32", "--precision", "int8", "-n", "100", "--aa-budget", "2,2,5", "-q"])
     assert res.exit_code == 0, res.output
-    deployed = json.loads((zoo / "tiny_again" / "deployed.json").read_text())
-    assert deployed[WEIGHTS_KEY] == sha256_of(zoo / "tiny_again" / "model.safetensors")
+    deployed = json.loads((zoo / "tiny_again-digits" / "deployed.json").read_text())
+    assert deployed[WEIGHTS_KEY] == sha256_of(zoo / "tiny_again-digits" / "model.safetensors")
     assert set(deployed["records"]) == {"fp32", "int8"}
     assert deployed["records"]["int8"]["file_mb"] < deployed["records"]["fp32"]["file_mb"]
     card = (tmp_path / "CARD.md").read_text()

@@ -8,8 +8,8 @@ Documented substitutions (the only ones), for CI's 2 cores and no network:
   runs); ``pip install`` lines and the test command itself (``python -m pytest``) are not re-run;
 * ``againzoo train`` (not ``--resume``) and ``againzoo zoo build`` get the tiny overrides
   :data:`TINY_TRAIN` appended (the digits dataset, width 4, one epoch, one-step attacks);
-  ``againzoo eval`` and ``zoo build`` get ``-n 8 --aa-budget 2,2,5``; ``evaluate(...)`` gets
-  :data:`TINY_EVAL`;
+  ``againzoo eval`` and ``zoo build`` get ``-n 8 --aa-budget 2,2,5``; ``zoo deployed`` gets the same,
+  ``--dataset digits`` and ``--precision fp32``; ``evaluate(...)`` gets :data:`TINY_EVAL`;
 * ``torchrun ... againzoo train`` runs through ``python -m torch.distributed.run`` with the same tiny
   overrides and one CPU thread per process;
 * optional arguments written in brackets (``[--private]``) are dropped;
@@ -116,6 +116,8 @@ def _run_againzoo(args: list[str], marker: str, where: str) -> None:
         args = args + [x for o in TINY_TRAIN for x in ("--set", o)]
     if args[0] == "eval" or args[:2] == ["zoo", "build"]:
         args = args + TINY_EVAL_ARGS
+    if args[:2] == ["zoo", "deployed"]:  # where zoo build put it (digits); the fp32 export only (a one-epoch
+        args = args + TINY_EVAL_ARGS + ["--dataset", "digits", "--precision", "fp32"]  # model's int8 is no test
     res = CliRunner().invoke(app, args)
     if marker == "hub":
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (where, args, res.output)

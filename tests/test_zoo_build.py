@@ -47,7 +47,8 @@ def test_build_publishes_evaluates_and_registers(built):
     assert [e["id"] for e in manifest["entries"]] == ["again_resnet18", "resnet18_cifar"]
     assert json.loads((root / "runs" / "manifest.json").read_text()) == manifest
     for e in manifest["entries"]:
-        d = root / "zoo" / e["id"]
+        d = Path(e["folder"])
+        assert d == root / "zoo" / f"{e['id']}-digits"  # not the published CIFAR-10 folder
         assert {"config.json", "eval.json", "metrics.jsonl", "robustbench.json", "model.safetensors"} <= {
             p.name for p in d.iterdir()}
         with safe_open(str(d / "model.safetensors"), "pt") as f:  # fp16 weights, integer buffers unchanged
@@ -69,7 +70,7 @@ def test_build_publishes_evaluates_and_registers(built):
     assert "Official AutoAttack (pyautoattack" in card and "hard gate" in card and "straight-through gate" in card
     assert "img/s" in card
     # the pair, compared on the same images with a paired interval (both records have per-example results)
-    assert "`again_resnet18` minus its twin `resnet18_cifar`" in card and "paired bootstrap over the images" in card
+    assert "`again_resnet18-digits` minus its twin `resnet18_cifar-digits`" in card and "paired bootstrap over the images" in card
 
 
 def test_pretrained_true_loads_the_local_copy_offline_with_its_sha256(built, monkeypatch):
@@ -78,13 +79,13 @@ def test_pretrained_true_loads_the_local_copy_offline_with_its_sha256(built, mon
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     x = torch.rand(4, 3, 16, 16)
     again = againzoo.create_model("again_resnet18", pretrained=True, dataset="digits")
-    assert torch.equal(again(x), load_local(root / "zoo" / "again_resnet18")(x))
+    assert torch.equal(again(x), load_local(root / "zoo" / "again_resnet18-digits")(x))
     hubbed = torch.hub.load(str(ROOT), "again_resnet18", source="local", pretrained=True, dataset="digits")
     assert torch.equal(hubbed(x), again(x))
     plain = torch.hub.load(str(ROOT), "resnet18_cifar", source="local", pretrained=True, dataset="digits")
     assert type(plain).__name__ == "ResNetCifar"
     # a tampered local copy is refused
-    w = root / "zoo" / "again_resnet18" / "model.safetensors"
+    w = root / "zoo" / "again_resnet18-digits" / "model.safetensors"
     good = w.read_bytes()
     try:
         w.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
@@ -116,9 +117,9 @@ def test_each_finished_entry_is_packed_at_once_and_joins_back(built, tmp_path):
     assert packs == ["01-again_resnet18.parts.json", "02-resnet18_cifar.parts.json"]
     assert all(p.stat().st_size <= 0.2 * 2**20 for p in (root / "parts").glob("*.tar.*"))
     names = join(root / "parts", tmp_path)
-    assert "zoo/again_resnet18/model.safetensors" in names and "zoo/resnet18_cifar/eval.json" in names
+    assert "zoo/again_resnet18-digits/model.safetensors" in names and "zoo/resnet18_cifar-digits/eval.json" in names
     # the later pack's registry, card and manifest (cumulative) win
-    for rel in ("zoo/again_resnet18/model.safetensors", "zoo/resnet18_cifar/model.safetensors", "MODEL_CARD.md",
+    for rel in ("zoo/again_resnet18-digits/model.safetensors", "zoo/resnet18_cifar-digits/model.safetensors", "MODEL_CARD.md",
                 "againzoo/registry.json"):
         assert sha256_of(tmp_path / rel) == sha256_of(root / rel), rel
     back = json.loads((tmp_path / "runs" / "manifest.json").read_text())  # as it stood when the last pack was made
@@ -149,7 +150,7 @@ def test_budget_guard_skips_what_cannot_fit_and_says_so(tmp_path, monkeypatch):
               budget_minutes=0.01, overrides=TINY_RUN, n_examples=40, progress=False, eval_kw=TINY_EVAL)
     e = m["entries"][0]
     assert "not even one epoch fits" in e["skipped"] and e["measured_images_per_s"] > 0
-    assert not (tmp_path / "zoo" / "again_resnet18").exists() and not (tmp_path / "registry.json").exists()
+    assert not (tmp_path / "zoo" / "again_resnet18-digits").exists() and not (tmp_path / "registry.json").exists()
 
 
 def test_cli_unknown_entry_is_one_line():
