@@ -13,7 +13,7 @@ nothing here is a habit; each link is a hash a reader (or a loader) can check:
 :func:`verify` runs on every load: a flipped byte in the tensor data, or an edited mean/std, is a
 one-line :class:`~againzoo.errors.CheckpointError` naming the file and what differs. A checkpoint
 written before these hashes existed loads as before, with a note. Hashing costs one read of the
-file (a 45 MB fp32 ResNet-18: ~0.1 s; measured in ``benchmarks/RESULTS.md``).
+file (a 42.7 MiB fp32 ResNet-18: 0.05 s on a 2-core CPU; ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
