@@ -151,7 +151,7 @@ def test_the_compiled_training_step_matches_eager(tmp_path, mode):
     from againzoo.training.trainer import compile_model, device_setup, make_model, make_optimizer, train_step
 
     r = recipes.parse({"name": "c", "model": {"kwargs": {"width": 4}, "again": {"enabled": True, "hff": False}},
-                       "attack": {"steps": 1, "random_start": False}, "batch_size": 8})
+                       "attack": {"steps": 1, "random_start": False}, "batch_size": 8, "precision": "fp32"})
     losses, keys = [], []
     for compiled in (False, True):
         torch.manual_seed(0)

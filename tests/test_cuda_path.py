@@ -19,10 +19,17 @@ pytestmark = pytest.mark.slow  # every method through the CUDA path on CPU (~40 
 CUDA_LIKE = ["precision=bf16", "channels_last=true", "optimizer.fused=true"]
 
 
-def test_defaults_pick_the_fast_path_on_cuda_only():
+def test_defaults_pick_the_fast_path_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
+    from againzoo import cpu as cpu_mod
+
     r = recipes.load("quickstart")
-    cpu, cuda = device_setup(r, torch.device("cpu")), device_setup(r, torch.device("cuda"))
-    assert (cpu.precision, cpu.channels_last) == ("fp32", False)
+    for native, expected in (("0", ("fp32", False)), ("1", ("bf16", True))):
+        monkeypatch.setenv("AGAINZOO_CPU_BF16", native)
+        cpu_mod.native_bf16.cache_clear()
+        cpu = device_setup(r, torch.device("cpu"))
+        assert (cpu.precision, cpu.channels_last) == expected
+    cpu_mod.native_bf16.cache_clear()
+    cuda = device_setup(r, torch.device("cuda"))
     assert (cuda.precision, cuda.channels_last) == ("bf16", True)
     opt = make_optimizer(r, torch.nn.Linear(2, 2), torch.device("cpu"))
     assert not opt.defaults.get("fused") and opt.defaults.get("foreach") is False

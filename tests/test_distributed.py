@@ -28,7 +28,8 @@ N_DIGITS_TRAIN = 1497  # the embedded digits training split
 ONE_STEP = ["model.kwargs.width=8", "epochs=1", "batch_size=64", f"data.val_size={N_DIGITS_TRAIN - 64}",
             "data.augment=crop_flip", "eval.n_val=0", "eval.n_test=0", "eval.n_train=0",
             "attack.steps=2", "attack.random_start=false", "model.again.schedule.end=0",
-            "lr_schedule.name=constant", "optimizer.lr=0.5", "sync_bn=true"]
+            "lr_schedule.name=constant", "optimizer.lr=0.5", "sync_bn=true",
+            "precision=fp32"]  # an fp32 comparison within 1e-5 (auto is bf16 on CPUs with native bf16)
 SMALL = ["model.kwargs.width=8", "data.val_size=100", "eval.n_val=32", "eval.n_test=32", "eval.n_train=32",
          "attack.steps=2", "eval.attack_steps=2", "log_every=1000"]
 
