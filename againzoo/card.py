@@ -420,7 +420,7 @@ def models_table(registry: Path | None = None) -> str:
                 raise CheckpointError(f"the registry's sha256 for {e.model} ({e.sha256[:16]}...) is not that of "
                                       f"{folder / 'model.safetensors'} ({actual[:16]}...): rebuild or re-register it")
             if ev is not None:
-                check_record(ev, folder / "model.safetensors", folder / "eval.json")
+                check_record(ev, folder / "model.safetensors", folder / "eval.json", actual)
         m = e.metrics
         if ev is not None:
             n = int(ev["data"]["n"])

@@ -228,10 +228,15 @@ def load_local(directory: str | Path, num_classes: int | None = None, device: st
         raise CheckpointError(f"{directory} has only pytorch_model.bin, a pickle, which againzoo never loads; "
                               f"save it with safetensors (timm: save_for_hf(..., safe_serialization=True))")
     state, metadata = load_tensors(directory / WEIGHTS)
-    note = verify(directory, config, metadata, WEIGHTS, CONFIG)
+    records = _record_digests(directory)
+    actual = sha256_of(directory / WEIGHTS) if config.get(WEIGHTS_KEY) or records else None  # hashed once
+    note = verify(directory, config, metadata, WEIGHTS, CONFIG, actual)
     if note is not None:
         log.info(note)
-    _warn_stale_records(directory)
+    for name, digest in records.items():  # a record beside the weights that describes other weights
+        if digest != actual:
+            warnings.warn(f"{directory / name} describes other weights (sha256 {digest[:16]}..., these are "
+                          f"{actual[:16]}...): its numbers are stale", UserWarning, stacklevel=2)
     if isinstance(model, Normalized) and not any(k.startswith("backbone.") for k in state):
         load_state(model.backbone, state, str(directory / WEIGHTS))  # a timm-native checkpoint
     else:
@@ -249,21 +254,17 @@ def attach_label_names(model: nn.Module, names: list[str]) -> None:
     target.pretrained_cfg = {**dict(getattr(target, "pretrained_cfg", None) or {}), "label_names": tuple(names)}
 
 
-def _warn_stale_records(directory: Path) -> None:
-    """A record beside the weights that describes other weights (its ``weights_sha256``) is stale: say so."""
+def _record_digests(directory: Path) -> dict[str, str]:
+    """The ``weights_sha256`` that the records beside a checkpoint name (eval.json, robustbench.json)."""
     named = {}
     for name in ("eval.json", "robustbench.json"):
         try:
-            named[name] = json.loads((directory / name).read_text()).get(WEIGHTS_KEY)
+            digest = json.loads((directory / name).read_text()).get(WEIGHTS_KEY)
         except (OSError, ValueError, AttributeError):
             continue
-    if not any(named.values()):
-        return
-    actual = sha256_of(directory / WEIGHTS)
-    for name, digest in named.items():
-        if digest is not None and digest != actual:
-            warnings.warn(f"{directory / name} describes other weights (sha256 {digest[:16]}..., these are "
-                          f"{actual[:16]}...): its numbers are stale", UserWarning, stacklevel=3)
+        if digest is not None:
+            named[name] = digest
+    return named
 
 
 def model_arch(model: nn.Module) -> str:

@@ -67,14 +67,16 @@ def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
 
 
 def verify(directory: str | Path, config: dict[str, Any], metadata: dict[str, str],
-           weights_name: str = "model.safetensors", config_name: str = "config.json") -> str | None:
+           weights_name: str = "model.safetensors", config_name: str = "config.json",
+           actual: str | None = None) -> str | None:
     """Check a checkpoint's two files against each other; raise one line naming the file and what
-    differs. Returns a note when the checkpoint carries no hashes (written before they existed)."""
+    differs. Returns a note when the checkpoint carries no hashes (written before they existed).
+    ``actual``: the weights' sha256 when the caller has it already."""
     directory = Path(directory)
     weights, cfg = directory / weights_name, directory / config_name
     recorded = config.get(WEIGHTS_KEY)
     if recorded is not None:
-        actual = sha256_of(weights)
+        actual = actual or sha256_of(weights)
         if actual != recorded:
             raise CheckpointError(f"{weights}: its sha256 {actual[:16]}... is not the {str(recorded)[:16]}... that "
                                   f"{cfg} records: the weights were changed or damaged after they were saved")
@@ -92,13 +94,15 @@ def verify(directory: str | Path, config: dict[str, Any], metadata: dict[str, st
     return None
 
 
-def check_record(record: dict[str, Any], weights: str | Path, record_path: str | Path) -> None:
-    """A record (eval.json, a card's source) that names other weights than ``weights`` is refused."""
+def check_record(record: dict[str, Any], weights: str | Path, record_path: str | Path,
+                 actual: str | None = None) -> None:
+    """A record (eval.json, a card's source) that names other weights than ``weights`` is refused.
+    ``actual``: the weights' sha256 when the caller has it already."""
     named = record.get(WEIGHTS_KEY)
     if named is None:
         return
-    actual = sha256_of(weights)
-    if named != actual:
+    actual = actual or sha256_of(weights)
+    if stale_record(record, actual):
         raise CheckpointError(f"{record_path} describes weights with sha256 {str(named)[:16]}..., but {weights} "
                               f"has {actual[:16]}...: the record is stale or belongs to another checkpoint")
 

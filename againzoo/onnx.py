@@ -29,6 +29,7 @@ from torch import nn
 
 from .version import __version__
 from .integrity import WEIGHTS_KEY, sha256_of, stale_record
+from . import onnx_precision as P
 from .models._base import input_stats
 from .adapter import AgainModel
 from .losses import primary_aux
@@ -101,14 +102,6 @@ def _export(graph: InferenceGraph, path: Path, batch: str | int, opset: int, siz
         prog.save(str(path))
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _verification_inputs(model: nn.Module, size: tuple[int, ...], real: torch.Tensor | None, eps: float,
                          seed: int) -> dict[str, torch.Tensor]:
     from .runtime import joint_ce
@@ -132,7 +125,7 @@ def verify(model: nn.Module, path: Path, inputs: dict[str, torch.Tensor], with_s
     import onnx
 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    sess = _session(path)
+    sess = P.session(path)
     report: dict[str, Any] = {"checker": "passed", "atol": ATOL, "margin": MARGIN, "sets": {}}
     problems = []
     for name, x in inputs.items():
@@ -191,8 +184,6 @@ def export(model: nn.Module, output: str | Path, opset: int = OPSET, batch: str 
     ``quantized_ops``: the op types int8 quantizes (default: convolutions only; a test quantizes the
     gate too, to see the result refused)."""
     import onnx
-
-    from . import onnx_precision as P
 
     if precision not in P.PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(P.PRECISIONS)}, got {precision!r}")

@@ -42,10 +42,10 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, batch: int = 500):
         super().__init__()
-        from .onnx_precision import _session
+        from .onnx_precision import session
 
         self.path, self.batch = Path(path), batch
-        self.session = _session(path)
+        self.session = session(path)
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
@@ -55,8 +55,9 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(np.concatenate(out)).to(x.device) if out else torch.zeros(0, 10)
 
 
-def _source(onnx: OnnxModel, source: str | None) -> tuple[nn.Module, Path]:
-    """The checkpoint the file was exported from: ``source``, checked against the file's recorded sha256."""
+def _source(onnx: OnnxModel, source: str | None) -> tuple[nn.Module, Path, str]:
+    """The checkpoint the file was exported from: ``source``, checked against the file's recorded sha256;
+    returns the model, its weights' folder and their sha256."""
     from .checkpoint import WEIGHTS
     from .pretrained import from_pretrained
 
@@ -72,7 +73,7 @@ def _source(onnx: OnnxModel, source: str | None) -> tuple[nn.Module, Path]:
     if recorded is not None and recorded != actual:
         raise CheckpointError(f"{onnx.path} was exported from weights with sha256 {recorded[:16]}..., but {wdir} "
                               f"holds {actual[:16]}...: give the checkpoint it was exported from")
-    return model.eval(), wdir
+    return model.eval(), wdir, actual
 
 
 def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", data_dir: str | None = None,
@@ -96,7 +97,7 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
         raise CheckpointError(f"ONNX file not found: {path}")
     t0 = time.time()
     onnx = OnnxModel(path)
-    model, wdir = _source(onnx, source)
+    model, wdir, digest = _source(onnx, source)
     config = json.loads((wdir / "config.json").read_text())
     eps = float(((config.get("recipe") or {}).get("attack") or {}).get("eps", 8 / 255))
     check_budget(eps, "Linf")
@@ -134,7 +135,7 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
     meta = onnx.metadata
     record = {
         "file": str(path), "file_sha256": sha256_of(path), "precision": meta.get("precision", "fp32"),
-        "source": str(wdir), WEIGHTS_KEY: sha256_of(wdir / "model.safetensors"), "suite": suite, "eps": eps,
+        "source": str(wdir), WEIGHTS_KEY: digest, "suite": suite, "eps": eps,
         "norm": "Linf", "data": data, "clean_acc": columns["Clean"], "columns": columns,
         "worst_case_acc": float(worst.float().mean()), "worst_case_ci95": [lo, hi],
         "per_example": {**bits, "worst_case": to_bits(worst)},

@@ -40,7 +40,8 @@ class PrecisionError(CheckpointError):
     """A reduced-precision file disagrees with PyTorch beyond what its precision allows."""
 
 
-def _session(path: str | Path):
+def session(path: str | Path):
+    """A quiet onnxruntime CPU session of ``path`` (the checks here and in :mod:`againzoo.onnx` use it)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -48,9 +49,9 @@ def _session(path: str | Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run(path: str | Path, x: np.ndarray, batch: int = 250, session: Any = None) -> np.ndarray:
+def run(path: str | Path, x: np.ndarray, batch: int = 250) -> np.ndarray:
     """The file's first output (logits) for float32 images ``x`` (N, C, H, W), in batches."""
-    sess = session or _session(path)
+    sess = session(path)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + batch].astype(np.float32)})[0]
                            for i in range(0, len(x), batch)])
@@ -77,7 +78,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray,
     with tempfile.TemporaryDirectory(prefix="againzoo-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), reader_cls(calibration, _session(fp32).get_inputs()[0].name),
+        quantize_static(str(pre), str(out), reader_cls(calibration, session(fp32).get_inputs()[0].name),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)

@@ -59,6 +59,15 @@ TINY = ["data.dataset=digits", "data.limit=null", "model.kwargs.width=4", "epoch
 BEGIN, END = "<!-- again-study:begin -->", "<!-- again-study:end -->"
 
 
+def pick(text: str, known: dict[str, Any], what: str) -> list[str]:
+    """The names of a comma-separated ``text``, each one of ``known``, or exit with one line."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        sys.exit(f"error: unknown {what} {unknown}; known: {', '.join(known)}")
+    return names
+
+
 def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Namespace,
             variant_set: list[str] | None = None) -> dict[str, Any]:
     """Train (or reuse / resume) and evaluate one (variant, seed); return what the table needs.
@@ -228,10 +237,7 @@ def main() -> None:
         variants = config.get("variants") or list(dict.fromkeys(r["variant"] for r in runs))
         finish(args, config, runs, variants)
         return
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        sys.exit(f"error: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    variants = pick(args.variants, VARIANTS, "variants")
     if args.tiny:
         args.set = TINY + args.set
     seeds = [int(s) for s in args.seeds.split(",")]

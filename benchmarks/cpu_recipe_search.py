@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from again_study import TINY, run_one
+from again_study import TINY, pick, run_one
 
 # name -> (what it is, relative cost of an epoch against the base, overrides)
 CANDIDATES: dict[str, tuple[str, float, list[str]]] = {
@@ -60,10 +59,7 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     args.which = "best"
-    names = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CANDIDATES]
-    if unknown:
-        sys.exit(f"error: unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
+    names = pick(args.candidates, CANDIDATES, "candidates")
     if args.tiny:
         args.set = TINY + args.set
     t0, runs = time.time(), []
