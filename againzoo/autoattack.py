@@ -160,6 +160,24 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                          float(size.max()) if len(size) else 0.0, tuple(aa.attacks_to_run))
 
 
+def merge(runs: list[AutoAttackRun]) -> AutoAttackRun:
+    """One run from runs on consecutive slices of the images (a resumable evaluation runs AutoAttack a
+    slice at a time): per-example results concatenated, the accuracy after each attack weighted by
+    the slices' sizes (an attack a slice skipped, having nothing left to attack, leaves it at 0), the
+    package's warnings of any slice kept."""
+    sizes = [len(r.robust) for r in runs]
+    total = sum(sizes)
+    names = [a for a in (*ATTACKS, *(a for r in runs for a in r.after_attack)) if any(a in r.after_attack for r in runs)]
+    after = {a: round(sum(r.after_attack.get(a, 0.0) * k for r, k in zip(runs, sizes)) / total, 6) if total else 0.0
+             for a in dict.fromkeys(names)}
+    found: dict[str, str] = {}
+    for r in runs:
+        for name, msg in r.warnings.items():
+            found.setdefault(name, msg)
+    return AutoAttackRun(runs[0].gate, torch.cat([r.robust for r in runs]), torch.cat([r.x_adv for r in runs]), after,
+                         found, sum(r.seconds for r in runs), max(r.max_perturbation for r in runs), runs[0].attacks)
+
+
 def square_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, queries: int,
                  seed: int, batch_size: int) -> torch.Tensor:
     """Per-example correctness after the official Square Attack alone, with ``queries`` queries (the

@@ -198,6 +198,8 @@ def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="for an .onnx SOURCE: the checkpoint it "
                                              "was exported from (the transfer attacks are crafted on it)"),
     queries: int = typer.Option(5000, "--queries", help="for an .onnx SOURCE: Square queries against the file"),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="keep each finished attack here; the same "
+                                             "command run again after an interruption continues where it stopped"),
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights. An .onnx file is
     evaluated as deployed: the suite's attacks transferred from --checkpoint, and Square on the file."""
@@ -217,7 +219,8 @@ def eval_cmd(
     _cpu_job(device)
     result, wdir = evaluate_checkpoint(source, suite, data_dir, n_examples, eps_value, split, device, batch_size,
                                        "last" if last else "best", progress=_progress(quiet) and not as_json,
-                                       output=output, overwrite=overwrite, **parse_aa_budget(aa_budget))
+                                       output=output, overwrite=overwrite, state_dir=state_dir,
+                                       **parse_aa_budget(aa_budget))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

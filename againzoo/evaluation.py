@@ -43,6 +43,7 @@ from .attacks import adaptive as A
 from .attacks.apgd import apgd, apgd_targeted
 from .attacks.pgd import fgsm, pgd
 from .errors import ConfigError
+from .eval_state import EvalState, fingerprint
 from .gate_diagnostics import describe, gate_diagnostics
 from .runtime import model_device, resolve_device
 from .stats import to_bits
@@ -177,6 +178,25 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         return out
 
 
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, gate: str,
+                batch_size: int, seed: int, budget: dict[str, int] | None, attacks: tuple[str, ...],
+                state: EvalState, key: str) -> AA.AutoAttackRun:
+    """The official AutoAttack on ``batch_size`` images at a time (AutoAttack attacks a batch at a
+    time anyway), each slice a unit of ``state``, merged into one run."""
+    runs = []
+    for i in range(0, len(y), batch_size):
+        def compute(i: int = i) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            r = AA.run_autoattack(model, x[i:i + batch_size], y[i:i + batch_size], eps, norm, gate, batch_size, seed,
+                                  budget, attacks=attacks)
+            return {"robust": r.robust, "x_adv": r.x_adv}, {
+                "after_attack": r.after_attack, "warnings": r.warnings, "seconds": r.seconds,
+                "max_perturbation": r.max_perturbation, "attacks": list(r.attacks)}
+        t, info = state.unit(f"{key}-{i // batch_size:03d}", compute)
+        runs.append(AA.AutoAttackRun(gate, t["robust"], t["x_adv"].to(x.device), info["after_attack"], info["warnings"],
+                                     info["seconds"], info["max_perturbation"], tuple(info["attacks"])))
+    return AA.merge(runs)  # check_eval_args: at least one image
+
+
 # -- soundness checks -------------------------------------------------------------------------
 
 def _tol(acc: float, n: int) -> float:
@@ -306,8 +326,13 @@ def check_eval_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, bat
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "quick", eps: float = 8 / 255,
              norm: str = "Linf", batch_size: int = 256, seed: int = 0, n_check: int = 200, checks: bool = True,
              progress: bool = True, data: dict[str, Any] | None = None, reference: dict[str, Any] | None = None,
-             aa_budget: dict[str, int] | None = None, **suite_kw: Any) -> dict[str, Any]:
+             aa_budget: dict[str, int] | None = None, state_dir: str | Path | None = None,
+             **suite_kw: Any) -> dict[str, Any]:
     """Run ``suite`` on ``(x, y)`` (float [0, 1] NCHW, int labels); returns the eval.json dict.
+
+    ``state_dir``: keep each finished attack (and each slice of ``batch_size`` images of an official
+    AutoAttack run) there; called again after an interruption, the evaluation reloads them and
+    computes only the rest, with the result of an uninterrupted run (:mod:`againzoo.eval_state`).
 
     ``suite_kw`` tunes the budgets of our attacks (``aa_iter``, ``n_targets``, ``pgd_steps``,
     ``cw_steps``) and ``aa_budget`` (``n_iter``, ``n_targets``, ``n_queries``) the official
@@ -328,8 +353,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     dev = model_device(model)
     num_classes = int(getattr(model, "num_classes", 0)) or None
     x, y = x.to(dev).float(), y.to(dev).long()
-    gen = torch.Generator(device=dev).manual_seed(seed)
     specs = suite_specs(suite, model, **suite_kw)
+    state = EvalState(state_dir, "" if state_dir is None else fingerprint(
+        model, x, y, {"suite": suite, "eps": eps, "norm": norm, "batch_size": batch_size, "seed": seed,
+                      "n_check": n_check, "checks": checks, "aa_budget": aa_budget, "suite_kw": suite_kw,
+                      "version": __version__}))
     with torch.no_grad():
         clean_ok = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
                               for i in range(0, len(y), batch_size)])
@@ -345,17 +373,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     # first attack's), i.e. the suite's worst case, for the gate diagnostics
     worst_x: torch.Tensor | None = None
     fooled = torch.zeros(len(idx), dtype=torch.bool)
-    for spec in specs:
+    for k, spec in enumerate(specs):
         settings = spec.settings(eps, norm)
+        key = f"{k:02d}-{spec.name}"
         if spec.kind == "autoattack":
-            run = AA.run_autoattack(model, x, y, eps, norm, settings["gate"], batch_size, seed, aa_budget,
-                                    attacks=spec.aa_attacks)
+            run = _autoattack(model, x, y, eps, norm, settings["gate"], batch_size, seed, aa_budget, spec.aa_attacks,
+                              state, key)
             aa_runs.append(run)
             ok, adv = run.robust[idx.cpu()], run.x_adv[idx]
             settings.update(after_attack=run.after_attack, seconds=round(run.seconds, 2))
             bar.update(batches)
         else:
-            ok, adv = _batched_attack(model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1))
+            # each attack draws from its own generator: a resumed suite draws what an uninterrupted one does
+            gen = torch.Generator(device=dev).manual_seed(seed + k)
+            done, _ = state.unit(key, lambda: (dict(zip(("ok", "adv"), _batched_attack(
+                model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1)))), {}))
+            ok, adv = done["ok"], done["adv"].to(dev)
+            if key in state.reused:
+                bar.update(batches)
         if worst_x is None:
             worst_x = adv.clone()
         new = ~ok & ~fooled
@@ -410,11 +445,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     if checks:
         k = min(n_check, len(idx))
         # a reduced official budget (quick checks) reduces the checks' Square too; eval.json records it
-        f2, check_numbers = soundness_checks(model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1,
-                                             batch_size, seed, progress=progress,
-                                             square_queries=min(CHECK_SQUARE_QUERIES,
-                                                                (aa_budget or {}).get("n_queries", CHECK_SQUARE_QUERIES)))
-        flags += f2
+        square = min(CHECK_SQUARE_QUERIES, (aa_budget or {}).get("n_queries", CHECK_SQUARE_QUERIES))
+        _, done = state.unit("checks", lambda: ({}, dict(zip(("flags", "numbers"), soundness_checks(
+            model, xc[:k], yc[:k], eps, norm, num_classes or int(y.max()) + 1, batch_size, seed, progress=progress,
+            square_queries=square)))))
+        flags += done["flags"]
+        check_numbers = done["numbers"]
     if A.is_again(model):
         result["gate"] = gate_diagnostics(model, x, y, worst_x, yc, batch_size, seed)
         result["gate"]["adversarial_examples"] = (f"the {suite} suite's per-example worst case on the {len(idx)} "

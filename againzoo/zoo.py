@@ -359,8 +359,10 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             record["eval_s"] = 0.0
         else:
             te = time.time()
+            # finished attacks are kept in the work dir: an evaluation stopped part-way continues
             result, _ = evaluate_checkpoint(str(target), suite, data_dir, n_examples, device=device,
-                                            progress=progress, batch_size=eval_batch_size, **(eval_kw or {}))
+                                            progress=progress, batch_size=eval_batch_size,
+                                            state_dir=work_dir / entry.id / "eval_state", **(eval_kw or {}))
             record["eval_s"] = round(time.time() - te, 1)
             done.update(evaluated_sha256=done["sha256"], eval_minutes=round(record["eval_s"] / 60, 1), suite=suite,
                         n_examples=n_examples)

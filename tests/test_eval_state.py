@@ -1,0 +1,95 @@
+"""A resumable evaluation (againzoo.eval_state): an interrupted paper suite continues where it stopped,
+recomputes nothing finished, and gives exactly the result of an uninterrupted run."""
+
+import pytest
+import torch
+
+from againzoo import autoattack as AA
+from againzoo import evaluation
+from againzoo.checkpoint import load_local
+from againzoo.evaluation import evaluate
+from againzoo.autoattack import AutoAttackRun, merge
+
+KW = dict(suite="paper", eps=32 / 255, progress=False, batch_size=16, n_check=16, pgd_steps=(2, 3), cw_steps=2,
+          aa_budget={"n_iter": 5, "n_targets": 2, "n_queries": 20})
+
+
+def _comparable(r):
+    """The result without what legitimately differs between two runs (wall-clock seconds)."""
+    attacks = {k: {**a, "settings": {s: v for s, v in a["settings"].items() if s != "seconds"}}
+               for k, a in r["attacks"].items()}
+    aa = {**r["autoattack"], "runs": {g: {**v, "seconds": 0} for g, v in r["autoattack"]["runs"].items()}}
+    return {**r, "attacks": attacks, "autoattack": aa, "runtime": None}
+
+
+@pytest.fixture(scope="module")
+def setting(tiny_runs, digits_test):
+    model = load_local(tiny_runs["again"])
+    x, y = digits_test[0][:40], digits_test[1][:40]
+    return model, x, y, _comparable(evaluate(model, x, y, **KW))
+
+
+def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(setting, tmp_path, monkeypatch):
+    model, x, y, uninterrupted = setting
+    real = AA.run_autoattack
+    calls = []
+
+    def dies_on_the_third_slice(*a, **k):  # kill -9 in the middle of the first AutoAttack run
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(AA, "run_autoattack", dies_on_the_third_slice)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, x, y, state_dir=tmp_path, **KW)
+    (folder,) = tmp_path.iterdir()
+    done = sorted(p.name for p in folder.iterdir())
+    assert len([d for d in done if "AA" in d]) == 2 and any("PGD-2" in d for d in done)  # what finished is kept
+    assert not any(d.startswith("checks") for d in done)
+    monkeypatch.setattr(AA, "run_autoattack", real)
+
+    white = []
+    real_batched = evaluation._batched_attack
+    monkeypatch.setattr(evaluation, "_batched_attack", lambda m, spec, *a: white.append(spec.name) or real_batched(m, spec, *a))
+    aa_calls = []
+    monkeypatch.setattr(AA, "run_autoattack", lambda *a, **k: aa_calls.append(1) or real(*a, **k))
+    resumed = evaluate(model, x, y, state_dir=tmp_path, **KW)
+    # nothing finished is recomputed: of the suite's white-box attacks none ran again (the ones left are the
+    # soundness checks'), of the two AutoAttack runs (3 slices of 16 each) only the 4 missing slices ran
+    assert not any(name in white for name in resumed["attacks"])
+    assert len(aa_calls) == 2 * 3 - 2
+    assert _comparable(resumed) == uninterrupted
+
+    # a third call computes nothing at all and still gives the same record
+    white.clear(), aa_calls.clear()
+    again = evaluate(model, x, y, state_dir=tmp_path, **KW)
+    assert white == [] and aa_calls == [] and _comparable(again) == uninterrupted
+
+
+def test_state_of_another_setting_or_model_is_never_reused(setting, tmp_path):
+    model, x, y, _ = setting
+    evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2,
+                                                            "aa_budget": None})
+    evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2,
+                                                            "aa_budget": None, "seed": 1})
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    try:
+        evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2,
+                                                                "aa_budget": None})
+    finally:
+        with torch.no_grad():
+            next(model.parameters()).sub_(1e-3)
+    assert len(list(tmp_path.iterdir())) == 3  # a seed and a weight each make their own state
+
+
+def test_merged_autoattack_runs_weight_each_slice_by_its_size():
+    x = torch.zeros(4, 1, 2, 2)
+    a = AutoAttackRun("hard", torch.tensor([True, True, False]), x[:3], {"apgd-ce": 2 / 3, "apgd-t": 2 / 3},
+                      {"zero_gradients": "msg a"}, 1.0, 0.01)
+    b = AutoAttackRun("hard", torch.tensor([False]), x[3:], {"apgd-ce": 0.0}, {}, 2.0, 0.03)  # nothing left after APGD-CE
+    m = merge([a, b])
+    assert m.robust.tolist() == [True, True, False, False] and m.acc == 0.5
+    assert m.after_attack == {"apgd-ce": 0.5, "apgd-t": 0.5}
+    assert m.warnings == {"zero_gradients": "msg a"} and m.seconds == 3.0 and m.max_perturbation == 0.03
