@@ -73,7 +73,20 @@ def test_the_front_page_has_setup_models_and_a_working_example_first():
     head = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
     assert "pip install -e . && againzoo train quickstart" in head and "<!-- test-command -->" in head
     assert "<!-- models:begin -->" in head and "<!-- models:end -->" in head
-    assert 'torch.hub.load(".", "again_resnet18"' in head and "label_names" in head
+    assert 'torch.hub.load(".", "' in head and "label_names" in head
+
+
+def test_which_to_use_and_the_front_page_example_name_the_best_published_model():
+    """"Which to use" recommends, and the first example loads, the published CIFAR-10 model with the
+    highest adaptive worst case in the registry (the figure the table is sorted by)."""
+    import json
+
+    entries = json.loads((ROOT / "againzoo" / "registry.json").read_text())["entries"]
+    best = max((e for e in entries if e["dataset"] == "cifar10"), key=lambda e: e["metrics"]["worst_case"])
+    readme = (ROOT / "README.md").read_text()
+    which = readme.split("**Which to use.**", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"`([a-z0-9_]+)`", which)[0] == best["model"], which
+    assert f'torch.hub.load(".", "{best["model"]}", source="local", pretrained=True)' in readme
 
 
 @pytest.fixture(scope="module")
