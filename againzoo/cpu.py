@@ -38,12 +38,23 @@ def native_bf16() -> bool:
         if chosen not in ("0", "1"):
             raise ConfigError(f"AGAINZOO_CPU_BF16 must be 0 or 1, got {chosen!r}")
         return chosen == "1"
+    return any(flag in _cpuinfo("flags").split() for flag in BF16_FLAGS)
+
+
+def _cpuinfo(key: str) -> str:
+    """The first ``key`` line's value in /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key), "")
     except OSError:
-        return False
-    return any(flag in flags for flag in BF16_FLAGS)
+        return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (e.g. "AMD EPYC"), for records of where something ran."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _busy_jiffies() -> tuple[int, int] | None:

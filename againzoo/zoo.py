@@ -43,6 +43,7 @@ from .card import NOTES, zoo_card
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate_checkpoint
 from .checkpoint import CONFIG, WEIGHTS, sha256_of, write_pair
+from .cpu import cpu_name
 from .integrity import WEIGHTS_KEY
 from .io import atomic_write_json, atomic_write_text, load_tensors, read_jsonl, replace_dir
 from .registry import PretrainedEntry, register
@@ -232,8 +233,6 @@ def _decided_epochs(folders: list[Path], work_dir: Path, entries: list[ZooEntry]
 
 def _training_record(run_dir: Path, epochs: int, wall_s: float) -> dict[str, Any]:
     """Minutes, images/s, device and precision of a finished training, from its log and config."""
-    import platform
-
     import torch
 
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -242,7 +241,7 @@ def _training_record(run_dir: Path, epochs: int, wall_s: float) -> dict[str, Any
     trained_on = json.loads((run_dir / CONFIG).read_text()).get("trained_on", {})
     device = trained_on.get("device", "?")
     if device == "cpu":
-        device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        device = f"cpu: {cpu_name()}, {torch.get_num_threads()} threads"
     return {"epochs": len(rows), "planned_epochs": epochs, "train_minutes": round(train_s / 60, 1),
             "wall_minutes": round(wall_s / 60, 1), "images_per_s": round(images / train_s, 1) if train_s else None,
             "device": device, "precision": trained_on.get("precision"), "torch": trained_on.get("torch")}

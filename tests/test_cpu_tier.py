@@ -251,3 +251,10 @@ def test_a_collapsed_run_is_never_published(tmp_path, monkeypatch):
                   overrides=[*TINY_RUN, "epochs=3"], n_examples=8, progress=False, eval_kw=TINY_EVAL)
     assert "not published: catastrophic overfitting at epoch 2" in m["entries"][0]["refused"]
     assert not (tmp_path / "zoo" / "resnet18_cifar_w8_cpu-digits").exists() and not (tmp_path / "registry.json").exists()
+
+
+def test_cpu_name_comes_from_cpuinfo(monkeypatch):
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda key: {"model name": "AMD EPYC 7B13"}.get(key, ""))
+    assert cpu.cpu_name() == "AMD EPYC 7B13"
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda key: "")
+    assert cpu.cpu_name()  # the platform's name where /proc/cpuinfo has none
