@@ -47,6 +47,7 @@ from .cpu import cpu_name
 from .integrity import WEIGHTS_KEY
 from .io import atomic_write_json, atomic_write_text, load_tensors, read_jsonl, replace_dir
 from .registry import PretrainedEntry, register
+from .registry import entries as registry_entries
 from .training.overfitting import run_collapse
 from .registry import path as registry_path
 
@@ -192,12 +193,17 @@ def publish_fp16(run_dir: Path, target: Path, built: dict[str, Any] | None = Non
     return replace_dir(target, write)
 
 
-def regenerate_card(zoo_dir: Path, card: Path) -> Path:
-    """MODEL_CARD.md over every evaluated entry of ``zoo_dir`` (the digits demo last)."""
+def card_text(zoo_dir: Path) -> str:
+    """MODEL_CARD.md over every evaluated entry of ``zoo_dir`` (the digits demo last; an entry whose
+    evaluation is still to come is left out until it has one)."""
     dirs = sorted((p for p in zoo_dir.glob("*") if (p / "eval.json").exists()),
                   key=lambda p: (p.name == "quickstart", p.name))
     notes = zoo_dir / NOTES
-    return atomic_write_text(card, zoo_card(dirs, notes.read_text() if notes.exists() else None))
+    return zoo_card(dirs, notes.read_text() if notes.exists() else None)
+
+
+def regenerate_card(zoo_dir: Path, card: Path) -> Path:
+    return atomic_write_text(card, card_text(zoo_dir))
 
 
 def folder_name(entry_id: str, dataset: str) -> str:
@@ -371,9 +377,13 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
                 slow["train"] = max(slow["train"], record["train_s"] / (p.epochs * p.epoch_s_est) or 1.0)
         bar.update(1)
         recipe = p.recipe
+        digest = sha256_of(weights)
+        # a note written for these very weights survives their re-registration by a resumed build
+        note = next((e.note for e in registry_entries(registry) if (e.model, e.dataset, e.sha256) ==
+                     (entry.id, recipe.data.dataset, digest)), None)
         reg = PretrainedEntry(
             model=entry.id, dataset=recipe.data.dataset, repo_id=f"{repo_prefix}/{entry.id}-{recipe.data.dataset}",
-            sha256=sha256_of(weights), recipe=recipe.name,
+            sha256=digest, recipe=recipe.name, note=note,
             metrics={k: round(v, 4) for k, v in {"clean": result["clean_acc"], "autoattack": result["columns"].get("AA"),
                                                  "worst_case": result["worst_case_acc"]}.items() if v is not None},
             local=os.path.relpath(weights, registry.parent), arch=entry.arch, tag=entry.tag,

@@ -209,6 +209,12 @@ def test_tier_build_interrupted_continues_and_loads_by_every_name(tmp_path, monk
     twin_rows = read_jsonl(tmp_path / "zoo" / "resnet18_cifar_w8_cpu-digits" / "metrics.jsonl")
     assert [r["epoch"] for r in twin_rows] == [0, 1]  # resumed after epoch 1, not restarted
     monkeypatch.setattr(zoo, "evaluate_checkpoint", real_eval)
+    from dataclasses import replace
+
+    from againzoo.registry import entries, register
+
+    twin = next(e for e in entries(registry) if e.model == "resnet18_cifar_w8_cpu")
+    register(replace(twin, note="a note written for these weights"), registry)
     import againzoo.training as training_pkg
 
     real_train = training_pkg.train
@@ -220,6 +226,8 @@ def test_tier_build_interrupted_continues_and_loads_by_every_name(tmp_path, monk
     monkeypatch.setattr(training_pkg, "train", counting_train)
     m = zoo.build(**kw)
     assert calls["train"] == 0  # both published already: only the AGAIN model's evaluation was left
+    notes = {e.model: e.note for e in entries(registry)}  # re-registered, the same weights keep their note
+    assert notes == {"resnet18_cifar_w8_cpu": "a note written for these weights", "again_resnet18_w8_cpu": None}
     assert m["resumed"] and [e["eval_s"] > 0 for e in m["entries"]] == [False, True]
     for e, rec in zip(pair, m["entries"]):
         folder = tmp_path / "zoo" / f"{e.id}-digits"

@@ -69,15 +69,13 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(setting, 
 
 def test_state_of_another_setting_or_model_is_never_reused(setting, tmp_path):
     model, x, y, _ = setting
-    evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2,
-                                                            "aa_budget": None})
-    evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2,
-                                                            "aa_budget": None, "seed": 1})
+    quick = {**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2, "aa_budget": None, "checks": False}
+    evaluate(model, x[:16], y[:16], state_dir=tmp_path, **quick)
+    evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**quick, "seed": 1})
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)
     try:
-        evaluate(model, x[:16], y[:16], state_dir=tmp_path, **{**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2,
-                                                                "aa_budget": None})
+        evaluate(model, x[:16], y[:16], state_dir=tmp_path, **quick)
     finally:
         with torch.no_grad():
             next(model.parameters()).sub_(1e-3)
