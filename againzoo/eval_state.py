@@ -52,18 +52,20 @@ class EvalState:
 
     def __init__(self, root: str | Path | None, digest: str = "") -> None:
         self.dir = None if root is None else writable_dir(Path(root) / digest[:16])
-        self.reused: list[str] = []  # keys loaded instead of computed, in order
 
     def _path(self, key: str) -> Path:
         assert self.dir is not None
         return self.dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".safetensors")
 
+    def done(self, key: str) -> bool:
+        """Whether an earlier call finished the unit."""
+        return self.dir is not None and self._path(key).exists()
+
     def unit(self, key: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The unit's ``(tensors, info)``: loaded when an earlier call finished it, else computed and stored."""
-        if self.dir is not None and self._path(key).exists():
+        if self.done(key):
             tensors, meta = load_tensors(self._path(key))
-            self.reused.append(key)
             return tensors, json.loads(meta[_INFO])
         tensors, info = compute()
         if self.dir is not None:

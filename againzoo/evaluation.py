@@ -178,6 +178,9 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         return out
 
 
+_AA_INFO = ("after_attack", "warnings", "seconds", "max_perturbation", "attacks")  # a slice's JSON fields
+
+
 def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, gate: str,
                 batch_size: int, seed: int, budget: dict[str, int] | None, attacks: tuple[str, ...],
                 state: EvalState, key: str) -> AA.AutoAttackRun:
@@ -188,12 +191,10 @@ def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
         def compute(i: int = i) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             r = AA.run_autoattack(model, x[i:i + batch_size], y[i:i + batch_size], eps, norm, gate, batch_size, seed,
                                   budget, attacks=attacks)
-            return {"robust": r.robust, "x_adv": r.x_adv}, {
-                "after_attack": r.after_attack, "warnings": r.warnings, "seconds": r.seconds,
-                "max_perturbation": r.max_perturbation, "attacks": list(r.attacks)}
+            return {"robust": r.robust, "x_adv": r.x_adv}, {f: getattr(r, f) for f in _AA_INFO}
         t, info = state.unit(f"{key}-{i // batch_size:03d}", compute)
-        runs.append(AA.AutoAttackRun(gate, t["robust"], t["x_adv"].to(x.device), info["after_attack"], info["warnings"],
-                                     info["seconds"], info["max_perturbation"], tuple(info["attacks"])))
+        runs.append(AA.AutoAttackRun(gate, t["robust"], t["x_adv"].to(x.device),
+                                     **{**info, "attacks": tuple(info["attacks"])}))
     return AA.merge(runs)  # check_eval_args: at least one image
 
 
@@ -386,11 +387,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         else:
             # each attack draws from its own generator: a resumed suite draws what an uninterrupted one does
             gen = torch.Generator(device=dev).manual_seed(seed + k)
+            if state.done(key):
+                bar.update(batches)
             done, _ = state.unit(key, lambda: (dict(zip(("ok", "adv"), _batched_attack(
                 model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1)))), {}))
             ok, adv = done["ok"], done["adv"].to(dev)
-            if key in state.reused:
-                bar.update(batches)
         if worst_x is None:
             worst_x = adv.clone()
         new = ~ok & ~fooled

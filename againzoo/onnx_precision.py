@@ -2,14 +2,15 @@
 against PyTorch on test images before it is written.
 
 * **int8**: onnxruntime's static quantization (``quantize_static``) in the QDQ format, per-channel
-  int8 weights and uint8 activations, calibrated by MinMax on **training** images (never the test images the file is then judged on). Only the
-  convolutions are quantized: the heads and AGAIN's gate (``ArgMax -> Gather -> Mul``) stay float,
-  because the gate must choose exactly the channel weights PyTorch chooses (quantizing the whole
-  graph fails at run time anyway: a per-axis scale on the gate's 2-D Gather). The weights use 7 of
-  their 8 bits (``reduce_range``): on x86 CPUs without VNNI (AVX2) onnxruntime sums pairs of
-  uint8 x int8 products in int16, which full-range weights overflow (an AMD EPYC with AVX2 ran a
-  full-range file at 91.5% top-1 agreement, where a CPU with VNNI had passed); with 7-bit weights the
-  same file is exact on every x86 CPU, so it can be deployed anywhere.
+  int8 weights and uint8 activations, calibrated by MinMax on **training** images (never the test
+  images the file is then judged on). Only the convolutions are quantized: the heads and AGAIN's
+  gate (``ArgMax -> Gather -> Mul``) stay float, because the gate must choose exactly the channel
+  weights PyTorch chooses (quantizing the whole graph fails at run time anyway: a per-axis scale on
+  the gate's 2-D Gather). The weights use 7 of their 8 bits (``reduce_range``): on x86 CPUs without
+  VNNI (AVX2) onnxruntime sums pairs of uint8 x int8 products in int16, which full-range weights
+  overflow (an AMD EPYC with AVX2 ran a full-range file at 91.5% top-1 agreement, where a CPU with
+  VNNI had passed); with 7-bit weights the same file is exact on every x86 CPU, so it can be
+  deployed anywhere.
 * **fp16**: onnxruntime's float16 converter with float32 inputs and outputs (a Cast at each edge),
   so ``export/predict.py`` and users feed and read float32 as before; made for onnxruntime-gpu's
   CUDA provider, and run on the CPU provider for the verification here.

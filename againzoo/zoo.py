@@ -47,9 +47,8 @@ from .cpu import cpu_name
 from .integrity import WEIGHTS_KEY
 from .io import atomic_write_json, atomic_write_text, load_tensors, read_jsonl, replace_dir
 from .registry import PretrainedEntry, register
-from .registry import entries as registry_entries
+from .registry import entries as registry_entries, path as registry_path
 from .training.overfitting import run_collapse
-from .registry import path as registry_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
