@@ -195,14 +195,26 @@ def _aa_cell(ev: dict[str, Any]) -> str:
     return text
 
 
+_NOT_THE_RECIPE = ("name", "description", "output_dir")  # what a twin's recipe may name differently
+
+
+def _recipe_but_again(recipe: dict[str, Any]) -> str:
+    """A recipe with AGAIN's settings, its name, description and output folder left out, as a key."""
+    rest = {k: v for k, v in recipe.items() if k not in _NOT_THE_RECIPE}
+    rest["model"] = {k: v for k, v in (rest.get("model") or {}).items() if k != "again"}
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
 def twin_pairs(infos: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """(AGAIN checkpoint, its twin) index pairs: the twin has no AGAIN, the same backbone and training
-    dataset, and was evaluated with the same suite, norm and eps on the same images."""
+    """(AGAIN checkpoint, its twin) index pairs: the twin has no AGAIN and the same recipe otherwise
+    (backbone width, data, method, schedule, epochs: everything but AGAIN's settings and the recipe's
+    name), the same backbone, and was evaluated with the same suite, norm and eps on the same images.
+    A model of another width or schedule is not a twin, whatever its backbone is called."""
     def key(i: dict[str, Any]) -> tuple[Any, ...]:
         ev, cfg = i["eval"], i["config"]
         d = ev["data"]
-        return (cfg.get("backbone", cfg.get("architecture")), _dataset(i), ev["suite"], ev["norm"], ev["eps"],
-                d.get("name"), d.get("split"), d.get("n"), d.get("evaluated"))
+        return (cfg.get("backbone", cfg.get("architecture")), _dataset(i), _recipe_but_again(i["recipe"]),
+                ev["suite"], ev["norm"], ev["eps"], d.get("name"), d.get("split"), d.get("n"), d.get("evaluated"))
     pairs = []
     for a, info in enumerate(infos):
         if info["config"].get("again"):
@@ -323,7 +335,16 @@ def _deployed_lines(folder: Path) -> list[str]:
              "suite's attacks transferred from these weights, and Square on the file):", "",
              "| precision | file MB | agreement with PyTorch | clean | transfer worst case | Square | worst case [95% CI] |",
              "|---|---|---|---|---|---|---|"]
+    measured = {p: r for p, r in deployed["records"].items() if "refused" not in r}
     for precision, r in deployed["records"].items():
+        if "refused" in r:  # the export's verification refused the file: what refused it, nothing attacked
+            v = r.get("verification") or {}
+            figures = (f"{pct(v['top1_agreement'])} | {pct(v['clean_acc'])} (PyTorch {pct(v['torch_clean_acc'])})"
+                       if v else "- | -")
+            lines.append(f"| {precision} | not written | {figures} | refused by the export's check (at least "
+                         f"{100 * r['rule']['min_agreement']:.0f}% agreement, at most "
+                         f"{100 * r['rule']['max_clean_drop']:.0f} point of clean accuracy lost) | - | - |")
+            continue
         cols = r["columns"]
         transfer = min((v for k, v in cols.items() if k.startswith("transfer")), default=float("nan"))
         square = next((v for k, v in cols.items() if k.startswith("Square")), float("nan"))
@@ -332,9 +353,10 @@ def _deployed_lines(folder: Path) -> list[str]:
         lines.append(f"| {precision} | {r['file_mb']:.2f} | {'exact (parity)' if agree is None else pct(agree)} | "
                      f"{pct(r['clean_acc'])} | {pct(transfer)} | {pct(square)} | **{pct(r['worst_case_acc'])}** "
                      f"[{pct(lo)}, {pct(hi)}] |")
-    n = next(iter(deployed["records"].values()))["data"].get("evaluated", "")
-    lines += ["", f"On {n}; Square with {next(iter(deployed['records'].values()))['square_queries']} queries.", ""]
-    return lines
+    if measured:
+        first = next(iter(measured.values()))
+        lines += ["", f"On {first['data'].get('evaluated', '')}; Square with {first['square_queries']} queries."]
+    return lines + [""]
 
 
 def zoo_card(paths: list[str | Path], notes: str | None = None) -> str:

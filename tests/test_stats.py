@@ -31,14 +31,16 @@ def test_bits_round_trip_and_the_paired_interval_is_tighter_than_the_unpaired_on
         paired_bootstrap([a], [b[:10]])
 
 
-def _info(again, per_example=None, n=4, clean=0.5, worst=0.25, name="x", evaluated="first 4"):
+def _info(again, per_example=None, n=4, clean=0.5, worst=0.25, name="x", evaluated="first 4", width=16):
     ev = {"suite": "paper", "norm": "Linf", "eps": 8 / 255, "clean_acc": clean, "worst_case_acc": worst,
           "data": {"name": "cifar10", "split": "test_lossless", "n": n, "evaluated": evaluated}, "columns": {}}
     if per_example:
         ev["per_example"] = per_example
     cfg = {"architecture": "again_resnet18" if again else "resnet18_cifar", "backbone": "resnet18_cifar",
            "again": {"layer": "layer4"} if again else None}
-    return {"eval": ev, "config": cfg, "recipe": {"name": "r", "data": {"dataset": "cifar10"}}, "dir": f"zoo/{name}"}
+    model = {"kwargs": {"width": width}, "again": {"enabled": again, "gate_source": "pred"}}
+    return {"eval": ev, "config": cfg, "recipe": {"name": f"r_{name}", "data": {"dataset": "cifar10"}, "model": model,
+                                                  "epochs": 5}, "dir": f"zoo/{name}"}
 
 
 def test_the_card_pairs_an_again_model_with_its_twin_and_gives_the_difference():
@@ -46,6 +48,10 @@ def test_the_card_pairs_an_again_model_with_its_twin_and_gives_the_difference():
     t = _info(False, {"clean": "1001", "worst_case": "1000"}, name="twin")
     other = _info(False, {"clean": "1111", "worst_case": "1111"}, name="elsewhere", evaluated="first 4 of another set")
     assert twin_pairs([other, a, t]) == [(1, 2)] and twin_pairs([a, other]) == []
+    wider = _info(False, {"clean": "1001", "worst_case": "1000"}, name="wider", width=64)  # another width is no twin
+    longer = _info(False, {"clean": "1001", "worst_case": "1000"}, name="longer")
+    longer["recipe"]["epochs"] = 9  # nor is another schedule
+    assert twin_pairs([a, wider, longer]) == [] and twin_pairs([a, wider, longer, t]) == [(0, 3)]
     c = compare(a["eval"], t["eval"])
     assert c["worst_case"]["diff"] == pytest.approx(0.25) and c["clean"]["diff"] == pytest.approx(0.25)
     assert c["worst_case"]["ci"][0] <= 0.25 <= c["worst_case"]["ci"][1] and "paired" in c["interval"]
