@@ -521,7 +521,8 @@ def zoo_deployed(
         out = evaluate_deployed(folder, tuple(precision), data_dir, n_examples,
                                 (budget or {}).get("n_queries", queries), aa_budget=budget, progress=_progress(quiet))
         for p, r in out["records"].items():
-            typer.echo(f"{i} {p}: {r['file_mb']} MB, clean {100 * r['clean_acc']:.2f}, "
+            typer.echo(f"{i} {p}: REFUSED ({r['refused']})" if "refused" in r else
+                       f"{i} {p}: {r['file_mb']} MB, clean {100 * r['clean_acc']:.2f}, "
                        f"worst case {100 * r['worst_case_acc']:.2f}")
     regenerate_card(zoo_dir, card)
     typer.echo(f"wrote {', '.join(str(f / 'deployed.json') for f in folders.values())} and {card}")

@@ -79,9 +79,14 @@ def _source(onnx: OnnxModel, source: str | None) -> tuple[nn.Module, Path, str]:
 def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", data_dir: str | None = None,
                   n_examples: int = 1000, queries: int = DEFAULT_QUERIES, batch_size: int = 250, seed: int = 0,
                   aa_iter: int = 100, n_targets: int = 9, aa_budget: dict[str, int] | None = None,
-                  output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                  output: str | Path | None = None, progress: bool = True,
+                  crafted: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Evaluate the ONNX file ``path`` (see the module docstring); writes and returns the record.
-    ``aa_budget`` reduces the official attacks' budgets (tests only; the record says so)."""
+    ``aa_budget`` reduces the official attacks' budgets and, as in :func:`againzoo.evaluation.evaluate`,
+    the suite's own APGD runs share it (tests only; the record says so).
+    ``crafted``: the transfer attacks' adversarial images by attack name, filled as they are crafted;
+    pass the same dict to the evaluations of other files of the same source (same images, suite, seed
+    and budgets, as ``againzoo zoo deployed`` does) and each attack is crafted once for all of them."""
     from tqdm.auto import tqdm
 
     from . import autoattack as AA
@@ -108,15 +113,21 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
     columns: dict[str, float] = {"Clean": float(correct.float().mean())}
     bits: dict[str, str] = {"clean": to_bits(correct)}
     gen = torch.Generator().manual_seed(seed)
+    if aa_budget is not None:  # one budget for the official APGD runs and ours
+        aa_iter, n_targets = aa_budget.get("n_iter", aa_iter), aa_budget.get("n_targets", n_targets)
     specs = suite_specs(suite, model, aa_iter=aa_iter, n_targets=n_targets)
+    crafted = {} if crafted is None else crafted
     for spec in tqdm(specs, desc="transfer", disable=None if progress else True, leave=False):
-        if spec.kind == "autoattack":
+        if spec.name in crafted:
+            x_adv = crafted[spec.name]
+        elif spec.kind == "autoattack":
             gate = "straight_through" if spec.mode == "st" else "hard"
             x_adv = AA.run_autoattack(model, x, y, eps, gate=gate, batch_size=batch_size, seed=seed,
                                       budget=aa_budget, attacks=spec.aa_attacks).x_adv
         else:
             x_adv = torch.cat([run_attack(spec, model, x[i:i + batch_size], y[i:i + batch_size], eps, "Linf", gen)
                                for i in range(0, len(y), batch_size)])
+        crafted[spec.name] = x_adv
         with torch.no_grad():
             ok = (onnx(x_adv).argmax(1) == y) & correct
         name = f"transfer {spec.name}"

@@ -41,7 +41,12 @@ QUANTIZED_OPS = ("Conv",)
 
 
 class PrecisionError(CheckpointError):
-    """A reduced-precision file disagrees with PyTorch beyond what its precision allows."""
+    """A reduced-precision file disagrees with PyTorch beyond what its precision allows; ``figures`` is
+    :func:`agreement`'s report where the file ran (records keep why a precision was refused)."""
+
+    def __init__(self, message: str, figures: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.figures = figures
 
 
 def session(path: str | Path):
@@ -147,4 +152,4 @@ def check(report: dict[str, Any], precision: str, path: str | Path) -> None:
             f"{100 * report['top1_agreement']:.1f}% of {report['n']} test images (at least {100 * MIN_AGREEMENT:.0f}% "
             f"required) and its clean accuracy is {100 * report['clean_acc']:.1f}% against PyTorch's "
             f"{100 * report['torch_clean_acc']:.1f}% ({100 * drop:+.1f} points lost, at most {100 * MAX_CLEAN_DROP:.0f} "
-            f"allowed)")
+            f"allowed)", report)

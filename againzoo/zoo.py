@@ -414,22 +414,32 @@ def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8
                       aa_budget: dict[str, int] | None = None, progress: bool = True) -> dict[str, Any]:
     """Export a published model at each precision (verified; the files go to a temporary folder, never
     into git), evaluate each file as deployed (:func:`againzoo.onnx_eval.evaluate_onnx`) and write the
-    summaries to ``<folder>/deployed.json``, named by the weights' sha256; regenerated cards show them."""
+    summaries to ``<folder>/deployed.json``, named by the weights' sha256; regenerated cards show them.
+    A precision whose file fails its verification is recorded as refused, with the figures that refused
+    it, and the others go on: the record says which files a user can deploy and why the others are not."""
     import tempfile
 
     from .integrity import WEIGHTS_KEY
     from .onnx import export_checkpoint
     from .onnx_eval import evaluate_onnx
+    from . import onnx_precision as P
 
     folder = Path(folder)
     digest = sha256_of(folder / WEIGHTS)
     records: dict[str, Any] = {}
+    crafted: dict[str, Any] = {}  # the transfer attacks are crafted on these weights once, for every file
     with tempfile.TemporaryDirectory(prefix="againzoo-deploy-") as tmp:
         for precision in precisions:
             path = Path(tmp) / f"model_{precision}.onnx"
-            report = export_checkpoint(str(folder), path, data_dir=data_dir, precision=precision, n_examples=n_examples)
+            try:
+                report = export_checkpoint(str(folder), path, data_dir=data_dir, precision=precision,
+                                           n_examples=n_examples)
+            except P.PrecisionError as e:
+                records[precision] = {"refused": str(e), "verification": e.figures,
+                                      "rule": {"min_agreement": P.MIN_AGREEMENT, "max_clean_drop": P.MAX_CLEAN_DROP}}
+                continue
             r = evaluate_onnx(path, str(folder), suite, data_dir, n_examples, queries, aa_budget=aa_budget,
-                              output=Path(tmp) / f"{precision}.eval.json", progress=progress)
+                              output=Path(tmp) / f"{precision}.eval.json", progress=progress, crafted=crafted)
             records[precision] = {k: r[k] for k in ("file_sha256", "clean_acc", "columns", "worst_case_acc",
                                                     "worst_case_ci95", "square_queries", "suite", "data", "seconds",
                                                     "budget", "date")}

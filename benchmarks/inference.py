@@ -25,8 +25,8 @@ import onnxruntime as ort
 import torch
 
 import againzoo
-from againzoo.onnx import export, export_checkpoint
-from againzoo.onnx_precision import PRECISIONS, convert_fp16, quantize_int8
+from againzoo.onnx import calibration_images, export, export_checkpoint
+from againzoo.onnx_precision import PRECISIONS, PrecisionError, convert_fp16, quantize_int8
 
 
 def timeit(fn, iters: int, warmup: int = 3) -> float:
@@ -38,20 +38,31 @@ def timeit(fn, iters: int, warmup: int = 3) -> float:
     return (time.perf_counter() - t) / iters
 
 
-def files(args: argparse.Namespace, tmp: Path) -> tuple[torch.nn.Module, dict[str, Path], int]:
-    """The model and its three ONNX forms (precision -> path), and the input size."""
+def files(args: argparse.Namespace, tmp: Path) -> tuple[torch.nn.Module, dict[str, Path], int, dict[str, str]]:
+    """The model, its three ONNX forms (precision -> path), the input size, and the precisions whose
+    export the verification refused (precision -> why): those files are made without the check and
+    timed all the same, labelled, since their speed is what this measures."""
     out = {p: tmp / f"m_{p}.onnx" for p in PRECISIONS}
+    refused: dict[str, str] = {}
     if args.checkpoint:
-        model = againzoo.from_pretrained(args.checkpoint)
-        for p, path in out.items():
-            export_checkpoint(args.checkpoint, path, data_dir=args.data_dir, precision=p, n_examples=args.n)
-        return model, out, int(model.pretrained_cfg["input_size"][-1])
+        model, wdir = againzoo.from_pretrained(args.checkpoint, return_dir=True)
+        for p, path in out.items():  # fp32 first: the refused forms are converted from it
+            try:
+                export_checkpoint(args.checkpoint, path, data_dir=args.data_dir, precision=p, n_examples=args.n)
+            except PrecisionError as e:
+                refused[p] = str(e)
+                if p == "int8":
+                    config = json.loads((wdir / "config.json").read_text())
+                    quantize_int8(out["fp32"], path, calibration_images(config, args.data_dir)[0])
+                else:
+                    convert_fp16(out["fp32"], path)
+        return model, out, int(model.pretrained_cfg["input_size"][-1]), refused
     model = againzoo.create_model(args.arch, width=args.width,
                                   pretrained_cfg_overlay={"input_size": (3, args.px, args.px)}).eval()
     export(model, out["fp32"])
     convert_fp16(out["fp32"], out["fp16"])
     quantize_int8(out["fp32"], out["int8"], np.random.default_rng(0).random((128, 3, args.px, args.px), np.float32))
-    return model, out, args.px
+    return model, out, args.px, refused
 
 
 def main() -> None:
@@ -69,7 +80,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model, paths, px = files(args, Path(tmp))
+        model, paths, px, refused = files(args, Path(tmp))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if args.threads:
@@ -99,7 +110,8 @@ def main() -> None:
                 with torch.inference_mode():
                     s = timeit(fn, args.iters)
                 rows.append({"runtime": name, "precision": prec, "batch": batch, "latency_ms": 1000 * s,
-                             "images_per_s": batch / s, "file_mb": None if rt is None or rt == "cuda" else sizes[prec]})
+                             "images_per_s": batch / s, "file_mb": None if rt is None or rt == "cuda" else sizes[prec],
+                             "refused": None if rt is None or rt == "cuda" else refused.get(prec)})
             model.cpu()
     base = {r["batch"]: r for r in rows if (r["runtime"], r["precision"]) == ("onnxruntime CPU", "fp32")}
     for r in rows:
@@ -110,7 +122,9 @@ def main() -> None:
     for r in rows:
         mb = "-" if r["file_mb"] is None else f"{r['file_mb']:.2f}"
         print(f"{r['runtime']:<22}{r['precision']:>6}{r['batch']:>6}{r['latency_ms']:>10.2f}{r['images_per_s']:>10.0f}"
-              f"{mb:>8}{r['speedup_vs_onnxruntime_fp32']:>12.2f}x")
+              f"{mb:>8}{r['speedup_vs_onnxruntime_fp32']:>12.2f}x" + ("  refused by the export check" if r["refused"] else ""))
+    for prec, why in refused.items():
+        print(f"{prec}: {why}")
     from againzoo.io import atomic_write_json
 
     atomic_write_json(args.json, {"config": vars(args), "results": rows, "torch": torch.__version__,

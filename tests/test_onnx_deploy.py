@@ -102,6 +102,29 @@ def test_onnx_file_evaluation_transfer_and_square(tiny_runs, tmp_path):
     assert "worst case per example" in res.output
 
 
+def test_transfer_attacks_crafted_once_serve_every_file_of_the_source(tiny_runs, tmp_path, monkeypatch):
+    """``zoo deployed`` evaluates several files of one checkpoint: the transfer attacks are crafted on
+    the checkpoint for the first and reused, unchanged, for the next (no attack runs a second time)."""
+    import againzoo.autoattack as AA
+    import againzoo.evaluation as E
+    from againzoo.onnx_eval import evaluate_onnx
+
+    out = tmp_path / "m.onnx"
+    assert CliRunner().invoke(app, ["export", str(tiny_runs["plain"]), "-o", str(out)]).exit_code == 0
+    kw = dict(n_examples=8, queries=4, aa_budget={"n_iter": 2, "n_targets": 1, "n_queries": 4}, progress=False)
+    crafted = {}
+    first = evaluate_onnx(out, str(tiny_runs["plain"]), output=tmp_path / "a.json", crafted=crafted, **kw)
+    assert set(crafted) == {k.removeprefix("transfer ") for k in first["columns"] if k.startswith("transfer")}
+
+    def crafted_again(*a, **k):
+        raise AssertionError("a transfer attack was crafted a second time")
+
+    monkeypatch.setattr(E, "run_attack", crafted_again)
+    monkeypatch.setattr(AA, "run_autoattack", crafted_again)
+    second = evaluate_onnx(out, str(tiny_runs["plain"]), output=tmp_path / "b.json", crafted=crafted, **kw)
+    assert second["per_example"] == first["per_example"] and second["columns"] == first["columns"]
+
+
 def test_onnx_evaluation_refuses_another_checkpoint(tiny_runs, tmp_path):
     out = tmp_path / "m.onnx"
     assert CliRunner().invoke(app, ["export", str(tiny_runs["again"]), "-o", str(out)]).exit_code == 0
@@ -147,6 +170,29 @@ def test_fp16_file_on_the_cuda_provider_agrees_with_pytorch(tiny_runs, tmp_path)
     with torch.no_grad():
         ref = model(x).argmax(1).numpy()
     assert (p.predict(x.numpy()).indices == ref).mean() >= MIN_AGREEMENT
+
+
+def test_zoo_deployed_records_a_refused_precision_with_its_figures(tiny_runs, tmp_path, monkeypatch):
+    """A precision whose file fails the export's check is recorded as refused (the figures that refused
+    it, nothing attacked) and the card says so; here the rule is made impossible to meet."""
+    import shutil
+
+    import againzoo.onnx_precision as P
+
+    monkeypatch.setattr(P, "MIN_AGREEMENT", 1.5)
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_runs["again"] / "best", zoo / "tiny_again-digits")
+    res = CliRunner().invoke(app, ["zoo", "deployed", "tiny_again", "--dataset", "digits", "--zoo-dir", str(zoo),
+                                   "--card", str(tmp_path / "CARD.md"), "--precision", "int8", "-n", "100", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "tiny_again int8: REFUSED (the int8 file for" in res.output
+    record = json.loads((zoo / "tiny_again-digits" / "deployed.json").read_text())["records"]["int8"]
+    assert "at least 150% required" in record["refused"] and "file_mb" not in record
+    assert record["verification"]["n"] == 100 and 0 < record["verification"]["top1_agreement"] <= 1
+    card = (tmp_path / "CARD.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| int8 |"))
+    assert "not written" in row and "refused by the export's check (at least 150% agreement" in row
+    assert f"{100 * record['verification']['top1_agreement']:.2f}" in row
 
 
 @pytest.mark.slow
