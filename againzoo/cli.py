@@ -83,7 +83,8 @@ AA_BUDGET_HELP = ("a reduced official AutoAttack budget for quick checks, N_ITER
 # -- one vocabulary: the same idea is spelled the same way in every command (tests/test_cli_conventions.py) --
 VOCABULARY = {"output": ("--output", "-o"), "n_examples": ("--n-examples", "-n"), "data_dir": ("--data-dir",),
               "device": ("--device",), "quiet": ("--quiet", "-q"), "as_json": ("--json",),
-              "batch_size": ("--batch-size",), "set_": ("--set",), "eps": ("--eps",), "overwrite": ("--overwrite",)}
+              "batch_size": ("--batch-size",), "set_": ("--set",), "eps": ("--eps",), "overwrite": ("--overwrite",),
+              "state_dir": ("--state-dir",)}
 # old spellings still accepted for one release, with a note on stderr
 DEPRECATED = {"--out": "--output"}
 
@@ -104,6 +105,8 @@ DEVICE_OPTION = typer.Option("auto", *VOCABULARY["device"], help="cpu, cuda, cud
 QUIET_OPTION = typer.Option(False, *VOCABULARY["quiet"], help="no progress bars (the global -q also silences logs)")
 OVERWRITE_OPTION = typer.Option(False, *VOCABULARY["overwrite"], help="replace an existing output that is not this "
                                 "command's own kind of file (or a run directory without resumable state)")
+STATE_DIR_OPTION = typer.Option(None, *VOCABULARY["state_dir"], help="keep each finished attack here; the same "
+                                "command run again after an interruption continues where it stopped")
 
 
 def deprecated_out_option() -> Any:
@@ -198,8 +201,7 @@ def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="for an .onnx SOURCE: the checkpoint it "
                                              "was exported from (the transfer attacks are crafted on it)"),
     queries: int = typer.Option(5000, "--queries", help="for an .onnx SOURCE: Square queries against the file"),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="keep each finished attack here; the same "
-                                             "command run again after an interruption continues where it stopped"),
+    state_dir: Optional[Path] = STATE_DIR_OPTION,
 ) -> None:
     """Evaluate robustness with an attack suite; writes eval.json beside the weights. An .onnx file is
     evaluated as deployed: the suite's attacks transferred from --checkpoint, and Square on the file."""
@@ -209,7 +211,7 @@ def eval_cmd(
 
     if source.endswith(".onnx"):
         _eval_onnx(source, checkpoint, suite, data_dir, n_examples, queries, batch_size, output, as_json, quiet,
-                   parse_aa_budget(aa_budget).get("aa_budget"))
+                   parse_aa_budget(aa_budget).get("aa_budget"), state_dir)
         return
 
     try:
@@ -297,14 +299,14 @@ def card(
 
 def _eval_onnx(path: str, checkpoint: Optional[str], suite: str, data_dir: Optional[str], n_examples: int,
                queries: int, batch_size: int, output: Optional[Path], as_json: bool, quiet: bool,
-               budget: Optional[dict]) -> None:
+               budget: Optional[dict], state_dir: Optional[Path]) -> None:
     require_extra("onnx", ("onnx", "onnxruntime"))
     from .onnx_eval import evaluate_onnx
 
     if budget and "n_queries" in budget:
         queries = budget["n_queries"]
     r = evaluate_onnx(path, checkpoint, suite, data_dir, n_examples, queries, batch_size, aa_budget=budget,
-                      output=output, progress=_progress(quiet) and not as_json)
+                      output=output, progress=_progress(quiet) and not as_json, state_dir=state_dir)
     if as_json:
         typer.echo(json.dumps(r, indent=2))
         return
@@ -507,6 +509,7 @@ def zoo_deployed(
     queries: int = typer.Option(5000, "--queries", help="Square queries against each file"),
     aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     quiet: bool = QUIET_OPTION,
+    state_dir: Optional[Path] = STATE_DIR_OPTION,
 ) -> None:
     """Export published models at each precision and measure the robustness of the files (zoo/<id>/deployed.json)."""
     require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
@@ -519,7 +522,8 @@ def zoo_deployed(
             raise ConfigError(f"{folder} holds no published model (model.safetensors) for {i} on {dataset}")
     for i, folder in folders.items():
         out = evaluate_deployed(folder, tuple(precision), data_dir, n_examples,
-                                (budget or {}).get("n_queries", queries), aa_budget=budget, progress=_progress(quiet))
+                                (budget or {}).get("n_queries", queries), aa_budget=budget, progress=_progress(quiet),
+                                state_dir=state_dir)
         for p, r in out["records"].items():
             typer.echo(f"{i} {p}: REFUSED ({r['refused']})" if "refused" in r else
                        f"{i} {p}: {r['file_mb']} MB, clean {100 * r['clean_acc']:.2f}, "

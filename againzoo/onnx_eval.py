@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .eval_state import EvalState, fingerprint
 from .integrity import WEIGHTS_KEY, sha256_of
+from .version import __version__
 
 DEFAULT_QUERIES = 5000
 
@@ -80,13 +82,14 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
                   n_examples: int = 1000, queries: int = DEFAULT_QUERIES, batch_size: int = 250, seed: int = 0,
                   aa_iter: int = 100, n_targets: int = 9, aa_budget: dict[str, int] | None = None,
                   output: str | Path | None = None, progress: bool = True,
-                  crafted: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                  state_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the ONNX file ``path`` (see the module docstring); writes and returns the record.
     ``aa_budget`` reduces the official attacks' budgets and, as in :func:`againzoo.evaluation.evaluate`,
     the suite's own APGD runs share it (tests only; the record says so).
-    ``crafted``: the transfer attacks' adversarial images by attack name, filled as they are crafted;
-    pass the same dict to the evaluations of other files of the same source (same images, suite, seed
-    and budgets, as ``againzoo zoo deployed`` does) and each attack is crafted once for all of them."""
+    ``state_dir`` (:mod:`againzoo.eval_state`): keep each transfer attack's adversarial images (named by
+    the source's weights, the images and the attack settings, not by the file) and each file's Square
+    result there; called again after an interruption the evaluation continues where it stopped, and the
+    evaluations of other files of the same source (``againzoo zoo deployed``) craft nothing again."""
     from tqdm.auto import tqdm
 
     from . import autoattack as AA
@@ -112,22 +115,26 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
     worst = correct.clone()
     columns: dict[str, float] = {"Clean": float(correct.float().mean())}
     bits: dict[str, str] = {"clean": to_bits(correct)}
-    gen = torch.Generator().manual_seed(seed)
     if aa_budget is not None:  # one budget for the official APGD runs and ours
         aa_iter, n_targets = aa_budget.get("n_iter", aa_iter), aa_budget.get("n_targets", n_targets)
     specs = suite_specs(suite, model, aa_iter=aa_iter, n_targets=n_targets)
-    crafted = {} if crafted is None else crafted
-    for spec in tqdm(specs, desc="transfer", disable=None if progress else True, leave=False):
-        if spec.name in crafted:
-            x_adv = crafted[spec.name]
-        elif spec.kind == "autoattack":
+    settings = {"unit": "onnx transfer", "suite": suite, "eps": eps, "seed": seed, "aa_iter": aa_iter,
+                "n_targets": n_targets, "aa_budget": aa_budget, "batch_size": batch_size, "version": __version__}
+    crafted = EvalState(state_dir, fingerprint(model, x, y, settings))
+
+    def craft(k: int, spec: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if spec.kind == "autoattack":
             gate = "straight_through" if spec.mode == "st" else "hard"
             x_adv = AA.run_autoattack(model, x, y, eps, gate=gate, batch_size=batch_size, seed=seed,
                                       budget=aa_budget, attacks=spec.aa_attacks).x_adv
-        else:
+        else:  # each attack its own generator, so a resumed evaluation draws what an uninterrupted one does
+            gen = torch.Generator().manual_seed(seed + k)
             x_adv = torch.cat([run_attack(spec, model, x[i:i + batch_size], y[i:i + batch_size], eps, "Linf", gen)
                                for i in range(0, len(y), batch_size)])
-        crafted[spec.name] = x_adv
+        return {"x_adv": x_adv}, {"attack": spec.name}
+
+    for k, spec in enumerate(tqdm(specs, desc="transfer", disable=None if progress else True, leave=False)):
+        x_adv = crafted.unit(f"{k:02d}-{spec.name}", lambda k=k, spec=spec: craft(k, spec))[0]["x_adv"]
         with torch.no_grad():
             ok = (onnx(x_adv).argmax(1) == y) & correct
         name = f"transfer {spec.name}"
@@ -135,9 +142,18 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
         bits[name] = to_bits(ok)
         worst &= ok
     idx = torch.nonzero(worst).flatten()
-    square = worst.clone()
-    if len(idx):
-        square[idx] = AA.square_correct(onnx, x[idx], y[idx], eps, "Linf", queries, seed, batch_size)
+    file_sha = sha256_of(path)
+
+    def run_square() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        square = worst.clone()
+        if len(idx):
+            square[idx] = AA.square_correct(onnx, x[idx], y[idx], eps, "Linf", queries, seed, batch_size)
+        return {"square": square}, {"file_sha256": file_sha}
+
+    on_file = EvalState(state_dir, fingerprint(nn.Module(), x, worst, {"unit": "onnx square", "file": file_sha,
+                                                                       "queries": queries, "seed": seed, "eps": eps,
+                                                                       "batch_size": batch_size}))
+    square = on_file.unit("square", run_square)[0]["square"]
     columns[f"Square-{queries} (on the file)"] = float(square.float().mean())
     bits["square"] = to_bits(square)
     worst &= square
@@ -145,7 +161,7 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
     lo, hi = wilson(float(worst.float().mean()), n)
     meta = onnx.metadata
     record = {
-        "file": str(path), "file_sha256": sha256_of(path), "precision": meta.get("precision", "fp32"),
+        "file": str(path), "file_sha256": file_sha, "precision": meta.get("precision", "fp32"),
         "source": str(wdir), WEIGHTS_KEY: digest, "suite": suite, "eps": eps,
         "norm": "Linf", "data": data, "clean_acc": columns["Clean"], "columns": columns,
         "worst_case_acc": float(worst.float().mean()), "worst_case_ci95": [lo, hi],

@@ -411,12 +411,15 @@ DEPLOYED = "deployed.json"  # zoo/<id>/deployed.json: the robustness of its ONNX
 
 def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8", "fp16"),
                       data_dir: str | None = None, n_examples: int = 1000, queries: int = 5000, suite: str = "quick",
-                      aa_budget: dict[str, int] | None = None, progress: bool = True) -> dict[str, Any]:
+                      aa_budget: dict[str, int] | None = None, progress: bool = True,
+                      state_dir: str | Path | None = None) -> dict[str, Any]:
     """Export a published model at each precision (verified; the files go to a temporary folder, never
     into git), evaluate each file as deployed (:func:`againzoo.onnx_eval.evaluate_onnx`) and write the
     summaries to ``<folder>/deployed.json``, named by the weights' sha256; regenerated cards show them.
     A precision whose file fails its verification is recorded as refused, with the figures that refused
-    it, and the others go on: the record says which files a user can deploy and why the others are not."""
+    it, and the others go on: the record says which files a user can deploy and why the others are not.
+    The transfer attacks are crafted once on the weights for every file; with ``state_dir`` every
+    finished attack and Square run is kept there, and the same call after an interruption continues."""
     import tempfile
 
     from .integrity import WEIGHTS_KEY
@@ -427,8 +430,8 @@ def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8
     folder = Path(folder)
     digest = sha256_of(folder / WEIGHTS)
     records: dict[str, Any] = {}
-    crafted: dict[str, Any] = {}  # the transfer attacks are crafted on these weights once, for every file
     with tempfile.TemporaryDirectory(prefix="againzoo-deploy-") as tmp:
+        state = state_dir or Path(tmp) / "state"  # shared by the files: each attack is crafted once
         for precision in precisions:
             path = Path(tmp) / f"model_{precision}.onnx"
             try:
@@ -439,7 +442,7 @@ def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8
                                       "rule": {"min_agreement": P.MIN_AGREEMENT, "max_clean_drop": P.MAX_CLEAN_DROP}}
                 continue
             r = evaluate_onnx(path, str(folder), suite, data_dir, n_examples, queries, aa_budget=aa_budget,
-                              output=Path(tmp) / f"{precision}.eval.json", progress=progress, crafted=crafted)
+                              output=Path(tmp) / f"{precision}.eval.json", progress=progress, state_dir=state)
             records[precision] = {k: r[k] for k in ("file_sha256", "clean_acc", "columns", "worst_case_acc",
                                                     "worst_case_ci95", "square_queries", "suite", "data", "seconds",
                                                     "budget", "date")}

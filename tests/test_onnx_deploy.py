@@ -102,26 +102,28 @@ def test_onnx_file_evaluation_transfer_and_square(tiny_runs, tmp_path):
     assert "worst case per example" in res.output
 
 
-def test_transfer_attacks_crafted_once_serve_every_file_of_the_source(tiny_runs, tmp_path, monkeypatch):
-    """``zoo deployed`` evaluates several files of one checkpoint: the transfer attacks are crafted on
-    the checkpoint for the first and reused, unchanged, for the next (no attack runs a second time)."""
+def test_onnx_evaluation_state_crafts_each_attack_once_and_resumes(tiny_runs, tmp_path, monkeypatch):
+    """With a state directory every transfer attack and Square run is kept: the same evaluation called
+    again (after an interruption, or for another file of the same source, as ``zoo deployed`` does)
+    runs no attack again and gives the same per-example result."""
     import againzoo.autoattack as AA
     import againzoo.evaluation as E
     from againzoo.onnx_eval import evaluate_onnx
 
     out = tmp_path / "m.onnx"
     assert CliRunner().invoke(app, ["export", str(tiny_runs["plain"]), "-o", str(out)]).exit_code == 0
-    kw = dict(n_examples=8, queries=4, aa_budget={"n_iter": 2, "n_targets": 1, "n_queries": 4}, progress=False)
-    crafted = {}
-    first = evaluate_onnx(out, str(tiny_runs["plain"]), output=tmp_path / "a.json", crafted=crafted, **kw)
-    assert set(crafted) == {k.removeprefix("transfer ") for k in first["columns"] if k.startswith("transfer")}
+    kw = dict(n_examples=8, queries=4, aa_budget={"n_iter": 2, "n_targets": 1, "n_queries": 4}, progress=False,
+              state_dir=tmp_path / "state")
+    first = evaluate_onnx(out, str(tiny_runs["plain"]), output=tmp_path / "a.json", **kw)
+    units = sorted(p.name for p in (tmp_path / "state").rglob("*.safetensors"))
+    assert len(units) == sum(k.startswith("transfer") for k in first["columns"]) + 1  # + Square
 
-    def crafted_again(*a, **k):
-        raise AssertionError("a transfer attack was crafted a second time")
+    def attacked_again(*a, **k):
+        raise AssertionError("an attack ran a second time")
 
-    monkeypatch.setattr(E, "run_attack", crafted_again)
-    monkeypatch.setattr(AA, "run_autoattack", crafted_again)
-    second = evaluate_onnx(out, str(tiny_runs["plain"]), output=tmp_path / "b.json", crafted=crafted, **kw)
+    for mod, name in ((E, "run_attack"), (AA, "run_autoattack"), (AA, "square_correct")):
+        monkeypatch.setattr(mod, name, attacked_again)
+    second = evaluate_onnx(out, str(tiny_runs["plain"]), output=tmp_path / "b.json", **kw)
     assert second["per_example"] == first["per_example"] and second["columns"] == first["columns"]
 
 
