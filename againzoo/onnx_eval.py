@@ -120,7 +120,7 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
     specs = suite_specs(suite, model, aa_iter=aa_iter, n_targets=n_targets)
     settings = {"unit": "onnx transfer", "suite": suite, "eps": eps, "seed": seed, "aa_iter": aa_iter,
                 "n_targets": n_targets, "aa_budget": aa_budget, "batch_size": batch_size, "version": __version__}
-    crafted = EvalState(state_dir, fingerprint(model, x, y, settings))
+    state = EvalState(state_dir, fingerprint(model, x, y, settings))  # one state for this source and these images
 
     def craft(k: int, spec: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if spec.kind == "autoattack":
@@ -134,7 +134,7 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
         return {"x_adv": x_adv}, {"attack": spec.name}
 
     for k, spec in enumerate(tqdm(specs, desc="transfer", disable=None if progress else True, leave=False)):
-        x_adv = crafted.unit(f"{k:02d}-{spec.name}", lambda k=k, spec=spec: craft(k, spec))[0]["x_adv"]
+        x_adv = state.unit(f"{k:02d}-{spec.name}", lambda k=k, spec=spec: craft(k, spec))[0]["x_adv"]
         with torch.no_grad():
             ok = (onnx(x_adv).argmax(1) == y) & correct
         name = f"transfer {spec.name}"
@@ -150,10 +150,8 @@ def evaluate_onnx(path: str | Path, source: str | None, suite: str = "quick", da
             square[idx] = AA.square_correct(onnx, x[idx], y[idx], eps, "Linf", queries, seed, batch_size)
         return {"square": square}, {"file_sha256": file_sha}
 
-    on_file = EvalState(state_dir, fingerprint(nn.Module(), x, worst, {"unit": "onnx square", "file": file_sha,
-                                                                       "queries": queries, "seed": seed, "eps": eps,
-                                                                       "batch_size": batch_size}))
-    square = on_file.unit("square", run_square)[0]["square"]
+    # the file and the query budget name Square's unit; the state's fingerprint covers everything else
+    square = state.unit(f"square-{queries}-{file_sha[:16]}", run_square)[0]["square"]
     columns[f"Square-{queries} (on the file)"] = float(square.float().mean())
     bits["square"] = to_bits(square)
     worst &= square
