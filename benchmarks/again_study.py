@@ -9,17 +9,19 @@ gate) on the first ``--n`` lossless test images, and reads the ``gate`` block of
 (``againzoo.gate_diagnostics``). Prints a Markdown table, writes JSON, and with ``--results`` puts
 the table into ``benchmarks/RESULTS.md`` between the study's markers.
 
-Intervals: 95% paired bootstrap over the test images (2,000 resamples; every model is evaluated
+Intervals: 95% bootstrap intervals over the test images (2,000 resamples; every model is evaluated
 on the same images, the seeds averaged per image), for each variant's adaptive worst case and for
-its difference from the twin. They cover the choice of test images, not the training seeds: the
-per-seed numbers stand beside them. A difference is called only when its interval excludes 0.
+its difference from the twin; and for the difference, a second interval over **seeds and images**
+(``againzoo.stats.seed_bootstrap``: each replicate draws the seed pairs, then the images), with the
+difference seed by seed beside it. A variant is said to beat (or to fall below) the twin only when
+both intervals exclude 0.
 
 Resumable: a finished training or evaluation is reused, an interrupted training resumes. The JSON
 record is rewritten after every run (``complete: false`` until the last), so a command stopped at its
 time limit (a GPU window) still hands back every finished run; ``--from-json`` tabulates such a
 record elsewhere (the per-example results travel in it), without training anything.
 
-    python benchmarks/again_study.py --data-dir ../shared/data --results benchmarks/RESULTS.md   # ~2 h on 2 cores
+    python benchmarks/again_study.py --data-dir ../shared/data --results benchmarks/RESULTS.md   # 15 runs, ~8 h on 2 fp32 cores
     python benchmarks/again_study.py --tiny            # the CI size: digits, width 4, 1 epoch
     python benchmarks/again_study.py --device cuda --set model.kwargs.width=64 --set data.limit=null ...  # needs a GPU
     python benchmarks/again_study.py --from-json <files_at>/again_study.json --results benchmarks/RESULTS.md
@@ -54,9 +56,28 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "soft_mix": ("soft, mixed 0.6 / 0.4 with a random class's row (Eq. 4's mix without labels)",
                  ["model.again.gate_source=soft", "model.again.alpha=0.6"]),
 }
+STUDY = ("twin", "paper", "authors", "pred", "soft_mix")  # the variants run by default (issue #30)
 TINY = ["data.dataset=digits", "data.limit=null", "model.kwargs.width=4", "epochs=1", "data.val_size=100",
         "eval.n_val=40", "attack.steps=2", "eval.attack_steps=2", "log_every=1000"]
 BEGIN, END = "<!-- again-study:begin -->", "<!-- again-study:end -->"
+
+
+MACHINES = "study_machines.json"  # in each run's folder: the machines (and precision) its training ran on
+
+
+def machine(device: str | None) -> str:
+    """Where this process computes: the GPU's name, or the CPU's model and threads."""
+    import torch
+
+    from againzoo.cpu import cpu_name
+
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def _read(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
 
 
 def pick(text: str, known: dict[str, Any], what: str) -> list[str]:
@@ -74,7 +95,7 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
     ``variant_set``: the variant's overrides (default: this study's ``VARIANTS``)."""
     from againzoo import recipes
     from againzoo.evaluation import evaluate_checkpoint
-    from againzoo.io import read_jsonl
+    from againzoo.io import atomic_write_json, read_jsonl
     from againzoo.training import train
 
     extra = VARIANTS[variant][1] if variant_set is None else variant_set
@@ -88,6 +109,9 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
         train(rec if resume is None else None, resume=resume, device=args.device, data_dir=args.data_dir,
               progress=not args.quiet)
         rows = read_jsonl(run_dir / "metrics.jsonl")
+        machines = set(_read(run_dir / MACHINES, []))  # where its epochs ran (a study spans sessions)
+        trained_on = json.loads((run_dir / "config.json").read_text()).get("trained_on", {})
+        atomic_write_json(run_dir / MACHINES, sorted(machines | {f"{machine(args.device)}, {trained_on.get('precision')}"}))
     which = getattr(args, "which", "last")  # the final weights, or best/ (selected on the held-out slice)
     weights = run_dir / "best" if which == "best" and (run_dir / "best" / "config.json").exists() else run_dir
     if (weights / "eval.json").exists():
@@ -100,6 +124,7 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
     out_row = {"variant": variant, "seed": seed, "run_dir": str(run_dir), "clean": result["clean_acc"],
                "worst_case": result["worst_case_acc"], "columns": result["columns"],
                "train_seconds": round(sum(r.get("train_time_s", 0.0) for r in rows), 1),
+               "eval_seconds": result.get("runtime", {}).get("seconds"), "machines": _read(run_dir / MACHINES, []),
                "per_example": result["per_example"], "n": result["data"]["n"], "data": result["data"],
                "epochs": len(rows), "images_per_s": rows[-1].get("images_per_s"),
                "catastrophic_overfitting": next((r["epoch"] + 1 for r in rows if r.get("catastrophic_overfitting")), None),
@@ -112,16 +137,23 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
 
 
 def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    from againzoo.stats import from_bits, paired_bootstrap
+    from againzoo.stats import from_bits, paired_bootstrap, seed_bootstrap
 
     by = {v: [r for r in runs if r["variant"] == v] for v in variants}
-    twin = [from_bits(r["per_example"]["worst_case"]) for r in by.get("twin", [])] or None
+    twin_seeds = {r["seed"]: from_bits(r["per_example"]["worst_case"]) for r in by.get("twin", [])}
+    twin = list(twin_seeds.values()) or None
     rows = []
     for v in variants:
         rs = by[v]
         if not rs:
             continue
-        worst = paired_bootstrap([from_bits(r["per_example"]["worst_case"]) for r in rs], None if v == "twin" else twin)
+        mine = [from_bits(r["per_example"]["worst_case"]) for r in rs]
+        worst = paired_bootstrap(mine, None if v == "twin" else twin)
+        shared = [r["seed"] for r in rs if r["seed"] in twin_seeds]  # seed pairs: the same seed of both
+        if v != "twin" and shared:
+            pairs = seed_bootstrap([m for m, r in zip(mine, rs) if r["seed"] in twin_seeds],
+                                   [twin_seeds[s] for s in shared])
+            worst["seed_ci"], worst["per_seed_diff"] = pairs["diff_ci"], pairs["per_seed"]
         clean = paired_bootstrap([from_bits(r["per_example"]["clean"]) for r in rs], None)
         gates = [r["gate"] for r in rs if r.get("gate")]
         mean = lambda key, part="clean": (float(np.mean([g[part][key] for g in gates if g.get(part)]))  # noqa: E731
@@ -135,17 +167,35 @@ def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
                          "follows_wrong": mean("follows_wrong"), "ase_acc_adversarial": mean("ase_acc", "adversarial"),
                          "agree": mean("agree")},
                      "train_seconds": float(np.mean([r["train_seconds"] for r in rs]))})
-    return {"rows": rows, "verdict": verdict(rows)}
+    ev = [r.get("eval_seconds") or 0.0 for r in runs]
+    tr = [r["train_seconds"] for r in runs]
+    timing = {"runs": len(runs), "train_hours": sum(tr) / 3600, "eval_hours": sum(ev) / 3600,
+              "machines": sorted({m for r in runs for m in r.get("machines", [])})}
+    return {"rows": rows, "verdict": verdict(rows), "time": timing}
+
+
+def _called(w: dict[str, Any]) -> int:
+    """+1 / -1 when the difference from the twin is beyond both intervals (images; seeds and images), else 0."""
+    cis = [w["diff_ci"]] + ([w["seed_ci"]] if "seed_ci" in w else [])
+    return 1 if all(lo > 0 for lo, _ in cis) else -1 if all(hi < 0 for _, hi in cis) else 0
+
+
+def _ci_text(w: dict[str, Any]) -> str:
+    text = f"95% CI over images {100 * w['diff_ci'][0]:+.1f} to {100 * w['diff_ci'][1]:+.1f}"
+    if "seed_ci" in w:
+        text += (f", over seeds and images {100 * w['seed_ci'][0]:+.1f} to {100 * w['seed_ci'][1]:+.1f}; per seed "
+                 + " / ".join(f"{100 * d:+.1f}" for d in w["per_seed_diff"]))
+    return text
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The zoo's choice: the AGAIN variant with the highest adaptive worst case that no seed flags
-    ``gate_shortcut``; whether it beats the twin beyond the interval."""
+    ``gate_shortcut``; whether it beats the twin beyond both intervals (images; seeds and images)."""
     twin = next((r for r in rows if r["variant"] == "twin"), None)
     sound = [r for r in rows if r["variant"] != "twin" and r["gate"] and r["gate"]["shortcut_seeds"] == 0]
     flagged = [r["variant"] for r in rows if r["variant"] != "twin" and r["gate"] and r["gate"]["shortcut_seeds"]]
     if not sound:
-        return {"choice": "twin" if twin else None, "flagged": flagged,
+        return {"choice": "twin" if twin else None, "flagged": flagged, "beats_twin": False,
                 "text": "Every AGAIN variant is flagged gate_shortcut: none is a model to publish; the twin without "
                         "AGAIN is the recommendation."}
     best = max(sound, key=lambda r: r["worst_case"]["mean"])
@@ -153,36 +203,44 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if twin is None:
         out["text"] = f"Best sound AGAIN variant: {best['variant']} (no twin in this study to compare with)."
         return out
-    lo, hi = best["worst_case"]["diff_ci"]
-    d = 100 * best["worst_case"]["diff"]
-    if lo > 0:
+    w = best["worst_case"]
+    d = 100 * w["diff"]
+    below = [r["variant"] for r in rows if r["variant"] != "twin" and _called(r["worst_case"]) < 0]
+    out["below_twin"] = below
+    if _called(w) > 0:
         out["beats_twin"] = True
-        out["text"] = (f"{best['variant']} beats the twin by {d:+.1f} points of adaptive worst case "
-                       f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}): it is the zoo's AGAIN recipe.")
+        out["text"] = (f"`{best['variant']}` beats the twin by {d:+.1f} points of adaptive worst case "
+                       f"({_ci_text(w)}): it is the zoo's AGAIN recipe.")
     else:
         out["beats_twin"] = False
         out["choice_for_zoo"] = best["variant"]
-        out["text"] = (f"No AGAIN variant beats the twin beyond the interval: the best sound one, {best['variant']}, "
-                       f"differs by {d:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}). The twin without "
-                       f"AGAIN is the zoo's recommended model; {best['variant']} is the AGAIN recipe kept for the pair.")
+        out["text"] = (f"No AGAIN variant beats the twin beyond the intervals: the best sound one, `{best['variant']}`, "
+                       f"differs by {d:+.1f} points ({_ci_text(w)})."
+                       + (f" Below the twin beyond both intervals: {', '.join(f'`{v}`' for v in below)}." if below else "")
+                       + f" The twin without AGAIN is the zoo's recommended model; `{best['variant']}` is the AGAIN "
+                         f"recipe kept for the pair.")
     return out
 
 
 def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| variant | clean | adaptive worst case [95% CI] | per seed | vs twin, points [95% CI] | ASE head | "
-             "true-label gate | wrong-label gate: acc / followed | shortcut (seeds) | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | clean | adaptive worst case [95% CI] | per seed | vs twin, points [95% CI images] "
+             "[seeds and images] | vs twin per seed | ASE head | true-label gate | wrong-label gate: acc / followed | "
+             "shortcut (seeds) | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         w, g = r["worst_case"], r["gate"] or {}
         diff = "-" if "diff" not in w else (f"{100 * w['diff']:+.1f} [{100 * w['diff_ci'][0]:+.1f}, "
-                                           f"{100 * w['diff_ci'][1]:+.1f}]")
+                                           f"{100 * w['diff_ci'][1]:+.1f}]"
+                                           + (f" [{100 * w['seed_ci'][0]:+.1f}, {100 * w['seed_ci'][1]:+.1f}]"
+                                              if "seed_ci" in w else ""))
+        seed_diff = " / ".join(f"{100 * d:+.1f}" for d in w.get("per_seed_diff", [])) or "-"
         shortcut = "-" if not g else f"{'**yes**' if g['shortcut_seeds'] else 'no'} ({g['shortcut_seeds']}/{len(r['seeds'])})"
         lines.append(
             f"| `{r['variant']}` | {pct(r['clean']['mean'])} | **{pct(w['mean'])}** [{pct(w['ci'][0])}, {pct(w['ci'][1])}] | "
-            f"{' / '.join(pct(v) for v in r['per_seed']['worst_case'])} | {diff} | {pct(g.get('ase_acc'))} | "
+            f"{' / '.join(pct(v) for v in r['per_seed']['worst_case'])} | {diff} | {seed_diff} | {pct(g.get('ase_acc'))} | "
             f"{pct(g.get('oracle_acc'))} | {pct(g.get('wrong_acc'))} / {pct(g.get('follows_wrong'))} | {shortcut} | "
-            f"{r['train_seconds']:.0f} |")
+            f"{r['train_seconds'] / 60:.1f} |")
     lines += ["", "Variants: " + "; ".join(f"`{r['variant']}`: {r['description']}" for r in summary["rows"]) + ".",
               "", f"**Verdict.** {summary['verdict']['text']}", "",
               f"Setting: recipe `{config['recipe']}` with {config['set'] or 'no extra overrides'}, seeds "
@@ -190,12 +248,22 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
               f"targets, plain/joint/straight-through objectives, gate-targeted attack, official APGD-CE/APGD-T with the "
               f"hard and the straight-through gate) on {config['n']} test images ({config['data']}), final weights; "
               f"gate figures on the clean images; {config['device']}, torch {config['torch']}, {config['date']}. "
+              + _time_text(summary.get("time"))
+              + (f"The study's wall time, its invocations summed: {config['wall_seconds'] / 3600:.1f} h. "
+                 if config.get("wall_seconds") else "")
               + (f"{config['note']} " if config.get("note") else "")
               + ("" if config.get("complete", True) else
                  f"Partial: {config['runs_done']} of {config['runs_planned']} runs finished before the command's "
                  f"time limit. ")
               + f"Reproduce: `{config['command']}`."]
     return "\n".join(lines)
+
+
+def _time_text(t: dict[str, Any] | None) -> str:
+    if not t:
+        return ""
+    return (f"Time of its {t['runs']} runs: {t['train_hours']:.1f} h of training epochs and {t['eval_hours']:.1f} h "
+            f"of evaluation, on {'; '.join(t['machines']) or 'an unrecorded machine'}. ")
 
 
 def write_results(path: Path, table: str, begin: str = BEGIN, end: str = END, heading: str = "The AGAIN study") -> None:
@@ -211,11 +279,11 @@ def write_results(path: Path, table: str, begin: str = BEGIN, end: str = END, he
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="cifar10_resnet18w8_again_study_cpu", help="the base recipe (AGAIN, paper form)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--recipe", default="cifar10_resnet18w16_again_study_cpu", help="the base recipe (AGAIN, paper form)")
+    p.add_argument("--variants", default=",".join(STUDY), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", action="append", default=[], help="an override for every run (key.path=value)")
-    p.add_argument("--n", type=int, default=500, help="test images")
+    p.add_argument("--n", type=int, default=1000, help="test images")
     p.add_argument("--aa-iter", type=int, default=20, help="APGD iterations (ours and the official)")
     p.add_argument("--n-targets", type=int, default=3, help="APGD-T target classes (ours and the official)")
     p.add_argument("--data-dir", default=None)
@@ -243,7 +311,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     runs: list[dict[str, Any]] = []
-    t0 = time.time()
+    before = _read(Path(args.json), {}).get("config", {})  # an earlier invocation of this study (stopped, resumed)
+    same = all(before.get(k) == v for k, v in (("recipe", args.recipe), ("set", args.set), ("variants", variants),
+                                                ("seeds", seeds)))
+    t0 = time.time() - (before.get("wall_seconds", 0.0) if same else 0.0)
     for seed in seeds:
         for v in variants:
             t = time.time()
@@ -268,7 +339,7 @@ def study_config(args: argparse.Namespace, variants: list[str], seeds: list[int]
             "n": runs[0]["n"] if runs else 0, "aa_iter": args.aa_iter, "n_targets": args.n_targets,
             "device": args.device or "auto", "data": runs[0]["data"].get("evaluated", "") if runs else "",
             "torch": torch.__version__, "againzoo": __version__, "date": time.strftime("%Y-%m-%d"),
-            "seconds": round(time.time() - t0, 1), "note": args.note,
+            "wall_seconds": round(time.time() - t0, 1), "note": args.note,
             "runs_done": len(runs), "runs_planned": len(variants) * len(seeds),
             "complete": len(runs) == len(variants) * len(seeds),
             "command": " ".join(["python benchmarks/again_study.py"]

@@ -195,8 +195,11 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     for v in ("paper", "pred"):
         w = rows[v]["worst_case"]
         assert w["ci"][0] <= w["mean"] <= w["ci"][1] and w["diff_ci"][0] <= w["diff"] <= w["diff_ci"][1]
+        assert w["seed_ci"][0] <= w["diff"] <= w["seed_ci"][1] and w["per_seed_diff"] == [pytest.approx(w["diff"])]
         assert 0 <= rows[v]["gate"]["follows_wrong"] <= 1
     assert data["verdict"]["text"] and "| `paper` |" in stdout
+    assert data["time"]["runs"] == 3 and data["config"]["wall_seconds"] > 0
+    assert all(r["machines"] and r["eval_seconds"] > 0 for r in data["runs"]) and "h of evaluation, on " in stdout
     first = results.read_text()
     assert first.startswith("# Results\n\nother measurements") and first.count("<!-- again-study:begin -->") == 1
     data2, stdout2 = run_benchmark("again_study.py", tmp_path / "study2.json", *args)

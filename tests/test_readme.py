@@ -205,3 +205,50 @@ def test_every_readme_block_runs(repo, monkeypatch):
                  "runs/cifar10_resnet18_again_awp/state/state.safetensors", "model.onnx", "MODEL_CARD.md",
                  "analysis/asc.png", "my_ckpt/model.safetensors", "runs/ddp/quickstart/model.safetensors"):
         assert (repo / path).exists(), path
+
+
+def _study_table() -> tuple[str, list[dict[str, str]]]:
+    """The AGAIN study's table that carries the verdict: the current study's once it is complete,
+    the earlier proxy's until then; its rows as {column: cell}."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+
+    def block(tag: str) -> str:
+        return text.split(f"<!-- {tag}:begin -->", 1)[1].split(f"<!-- {tag}:end -->", 1)[0]
+
+    current = block("again-study")
+    body = current if "| variant |" in current and "Partial:" not in current else block("again-study-w8")
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return body, [dict(zip(head, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def test_the_again_study_verdict_in_words_agrees_with_its_table():
+    """README's "Which to use", the card's "Read this first" (zoo/NOTES.md, and MODEL_CARD.md built from
+    it) and references.AGAIN_CAVEAT say what the study's table says: whether a sound AGAIN variant
+    beats its twin beyond every interval of its row, and over how many seeds."""
+    from againzoo.references import AGAIN_CAVEAT
+
+    body, rows = _study_table()
+    beats = []
+    for r in rows:
+        diff = next(v for k, v in r.items() if k.startswith("vs twin, points"))
+        intervals = [tuple(float(x) for x in m) for m in re.findall(r"\[([-+0-9.]+), ([-+0-9.]+)\]", diff)]
+        if r["shortcut (seeds)"].startswith("no") and intervals and all(lo > 0 for lo, _ in intervals):
+            beats.append(r["variant"].strip("`"))
+    seeds = {len(r["per seed"].split(" / ")) for r in rows}
+    assert len(seeds) == 1, "every variant of the table has the same seeds"
+    words = {2: "two seeds", 3: "three seeds", 4: "four seeds", 5: "five seeds"}[seeds.pop()]
+    verdict = body.split("**Verdict.**", 1)[1].split("\n", 1)[0]
+    assert ("beats the twin by" in verdict) == bool(beats), verdict  # the table's own sentence
+    readme = (ROOT / "README.md").read_text().split("**Which to use.**", 1)[1].split("\n\n", 1)[0]
+    notes = (ROOT / "zoo" / "NOTES.md").read_text()
+    card = (ROOT / "MODEL_CARD.md").read_text()
+    for where, said in (("README.md", readme), ("zoo/NOTES.md", notes), ("MODEL_CARD.md", card),
+                        ("references.AGAIN_CAVEAT", AGAIN_CAVEAT)):
+        said = " ".join(said.split())
+        if beats:
+            assert any(re.search(rf"`?{v}`? beats (its|the) twin", said) for v in beats), where
+        else:
+            assert re.search(r"no AGAIN variant beats? (its twin|the twin|the same recipe without AGAIN)", said,
+                             re.IGNORECASE), where
+        assert words in said, f"{where} should name the study's seeds ({words})"

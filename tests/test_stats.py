@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from againzoo.card import _pair_lines, compare, twin_pairs
-from againzoo.stats import from_bits, newcombe, paired_bootstrap, to_bits, wilson
+from againzoo.stats import from_bits, newcombe, paired_bootstrap, seed_bootstrap, to_bits, wilson
 
 
 def test_intervals_match_newcombes_worked_examples():
@@ -29,6 +29,33 @@ def test_bits_round_trip_and_the_paired_interval_is_tighter_than_the_unpaired_on
     assert lo < 0 < hi  # the same data as independent samples: no call
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap([a], [b[:10]])
+
+
+def test_the_seed_interval_covers_what_the_seeds_disagree_on():
+    """A variant that beats its twin on every image draw of every seed but one: the image-only
+    interval calls it, the seed-and-image interval does not; a consistent gain survives both."""
+    rng = np.random.default_rng(1)
+    twin = [(rng.random(1000) < 0.40).astype(np.uint8) for _ in range(3)]
+    gain, flip = [], []
+    for s, t in enumerate(twin):
+        g = t.copy()
+        g[rng.choice(np.flatnonzero(t == 0), 40, replace=False)] = 1  # +4 points on this seed
+        gain.append(g)
+        f = t.copy()
+        idx = np.flatnonzero(t == (1 if s == 2 else 0))
+        f[rng.choice(idx, 40 if s == 2 else 80, replace=False)] = 0 if s == 2 else 1  # +8, +8, -4 points
+        flip.append(f)
+    assert paired_bootstrap(gain, twin)["diff_ci"][0] > 0 and seed_bootstrap(gain, twin)["diff_ci"][0] > 0
+    r = seed_bootstrap(flip, twin)
+    assert paired_bootstrap(flip, twin)["diff_ci"][0] > 0 > r["diff_ci"][0]  # only the seeds undo the call
+    assert r["per_seed"] == pytest.approx([0.08, 0.08, -0.04]) and r["paired_seeds"] and r["n"] == 1000
+    assert r["diff"] == pytest.approx(0.04) and r["diff_ci"][0] <= r["diff"] <= r["diff_ci"][1]
+    one = seed_bootstrap(gain[:1], twin[:1])  # one seed: the image interval
+    assert one["diff_ci"] == pytest.approx(paired_bootstrap(gain[:1], twin[:1])["diff_ci"], abs=0.01)
+    unpaired = seed_bootstrap(gain[:2], twin)
+    assert not unpaired["paired_seeds"] and "per_seed" not in unpaired
+    with pytest.raises(ValueError, match="same images"):
+        seed_bootstrap(gain, [t[:10] for t in twin])
 
 
 def _info(again, per_example=None, n=4, clean=0.5, worst=0.25, name="x", evaluated="first 4", width=16):
