@@ -62,11 +62,11 @@ merge_benchmarks() {  # every record that exists so far, in one file (a step's t
     merge_benchmarks
   fi
   # the AGAIN study at full width when STUDY names its variants (e.g. STUDY=twin,paper,soft,pred):
-  # STUDY_SET are its extra overrides (epochs, data.limit), STUDY_SECONDS its time (default: all that
+  # STUDY_SET are its extra overrides of STUDY_RECIPE (epochs, data.limit), STUDY_SECONDS its time (default: all that
   # is left); its JSON in $OUT is rewritten after every run, so the time limit keeps the finished runs
   if [ -n "${STUDY:-}" ]; then
     timeout "${STUDY_SECONDS:-$(( $(left) - 15 ))}" python3 benchmarks/again_study.py --device "$device" --data-dir .data \
-        --variants "$STUDY" --seeds "${STUDY_SEEDS:-0,1}" --n 1000 --aa-iter 20 --n-targets 3 --quiet \
+        --recipe "${STUDY_RECIPE:-cifar10_resnet18w16_again_study_cpu}" --variants "$STUDY" --seeds "${STUDY_SEEDS:-0,1}" --n 1000 --aa-iter 20 --n-targets 3 --quiet \
         --set model.kwargs.width=64 --set batch_size=512 --set optimizer.lr=0.2 ${STUDY_SET:-} \
         --out runs/study --json "$out/again_study.json"
     echo "study exit $?; $(left) s left"
