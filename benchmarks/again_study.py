@@ -16,9 +16,11 @@ its difference from the twin; and for the difference, a second interval over **s
 difference seed by seed beside it. A variant is said to beat (or to fall below) the twin only when
 both intervals exclude 0.
 
-Resumable: a finished training or evaluation is reused, an interrupted training resumes. The JSON
-record is rewritten after every run (``complete: false`` until the last), so a command stopped at its
-time limit (a GPU window) still hands back every finished run; ``--from-json`` tabulates such a
+Resumable: a finished training or evaluation is reused, an interrupted training resumes, and a run
+already in ``--json``'s record of the same study is taken from it (the record, committed under
+``benchmarks/records/``, carries a study across machines whose ``runs/`` is gone). The JSON record
+is rewritten after every run (``complete: false`` until the last), so a command stopped at its time
+limit (a GPU window) still hands back every finished run; ``--from-json`` tabulates such a
 record elsewhere (the per-example results travel in it), without training anything.
 
     python benchmarks/again_study.py --data-dir ../shared/data --results benchmarks/RESULTS.md   # 15 runs, ~8 h on 2 fp32 cores
@@ -289,7 +291,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="runs/again_study", help="where the runs go")
-    p.add_argument("--json", default="benchmarks/again_study.json")
+    p.add_argument("--json", default="benchmarks/records/again_study.json",
+                   help="the study's record (tracked: commit it as runs finish)")
     p.add_argument("--results", default=None, help="put the table into this Markdown file (benchmarks/RESULTS.md)")
     p.add_argument("--from-json", metavar="JSON", help="tabulate this study record (e.g. a GPU window's) instead of "
                    "running anything")
@@ -311,14 +314,17 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     runs: list[dict[str, Any]] = []
-    before = _read(Path(args.json), {}).get("config", {})  # an earlier invocation of this study (stopped, resumed)
+    record = _read(Path(args.json), {})  # an earlier invocation of this study (stopped, resumed elsewhere)
+    before = record.get("config", {})
     same = all(before.get(k) == v for k, v in (("recipe", args.recipe), ("set", args.set), ("variants", variants),
-                                                ("seeds", seeds)))
+                                                ("seeds", seeds), ("aa_iter", args.aa_iter),
+                                                ("n_targets", args.n_targets))) and before.get("n") in (0, args.n)
+    done = {(r["variant"], r["seed"]): r for r in record.get("runs", [])} if same else {}
     t0 = time.time() - (before.get("wall_seconds", 0.0) if same else 0.0)
     for seed in seeds:
         for v in variants:
             t = time.time()
-            r = run_one(args.recipe, out, v, seed, args)
+            r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args)  # the record outlives the runs
             runs.append(r)
             write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants), runs)
             g = r.get("gate")  # printed once the record holds the run

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,10 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     data2, stdout2 = run_benchmark("again_study.py", tmp_path / "study2.json", *args)
     assert [r["per_example"] for r in data2["runs"]] == [r["per_example"] for r in data["runs"]]  # reused
     assert results.read_text().count("<!-- again-study:begin -->") == 1
+    shutil.rmtree(tmp_path / "runs")  # another machine: the record alone carries the finished runs
+    data3, _ = run_benchmark("again_study.py", tmp_path / "study.json", *args)
+    assert [r["per_example"] for r in data3["runs"]] == [r["per_example"] for r in data["runs"]]
+    assert not (tmp_path / "runs").exists()  # nothing was trained or evaluated again
     # a window's partial record, tabulated here without training: the same numbers, marked partial
     _, stdout3 = run_benchmark("again_study.py", tmp_path / "tab.json", "--from-json", str(tmp_path / "part.json"),
                                "--results", str(results))
