@@ -236,7 +236,7 @@ def _decided_epochs(folders: list[Path], work_dir: Path, entries: list[ZooEntry]
     return chosen.get("epochs") if chosen.get("ids") == [e.id for e in entries] else None
 
 
-def _training_record(run_dir: Path, epochs: int, wall_s: float) -> dict[str, Any]:
+def training_record(run_dir: Path, epochs: int, wall_s: float) -> dict[str, Any]:
     """Minutes, images/s, device and precision of a finished training, from its log and config."""
     import torch
 
@@ -347,7 +347,7 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
                 atomic_write_json(work_dir / "manifest.json", manifest)
                 continue
             built = {"id": entry.id, "recipe": p.recipe.name, "overrides": p.overrides, "epochs": p.epochs,
-                     "training": _training_record(run, p.epochs, time.time() - ts),
+                     "training": training_record(run, p.epochs, time.time() - ts),
                      "built": time.strftime("%Y-%m-%d %H:%M:%S")}
             publish_fp16(run, target, built)
             done = json.loads((target / BUILD).read_text())

@@ -67,17 +67,6 @@ BEGIN, END = "<!-- again-study:begin -->", "<!-- again-study:end -->"
 MACHINES = "study_machines.json"  # in each run's folder: the machines (and precision) its training ran on
 
 
-def machine(device: str | None) -> str:
-    """Where this process computes: the GPU's name, or the CPU's model and threads."""
-    import torch
-
-    from againzoo.cpu import cpu_name
-
-    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
-        return torch.cuda.get_device_name()
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
-
-
 def _read(path: Path, default: Any) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
@@ -99,6 +88,7 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
     from againzoo.evaluation import evaluate_checkpoint
     from againzoo.io import atomic_write_json, read_jsonl
     from againzoo.training import train
+    from againzoo.zoo import training_record
 
     extra = VARIANTS[variant][1] if variant_set is None else variant_set
     overrides = [f"output_dir={out / f'{variant}_s{seed}'}", f"seed={seed}", *args.set, *extra]
@@ -111,9 +101,9 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
         train(rec if resume is None else None, resume=resume, device=args.device, data_dir=args.data_dir,
               progress=not args.quiet)
         rows = read_jsonl(run_dir / "metrics.jsonl")
-        machines = set(_read(run_dir / MACHINES, []))  # where its epochs ran (a study spans sessions)
-        trained_on = json.loads((run_dir / "config.json").read_text()).get("trained_on", {})
-        atomic_write_json(run_dir / MACHINES, sorted(machines | {f"{machine(args.device)}, {trained_on.get('precision')}"}))
+        facts = training_record(run_dir, rec.epochs, 0.0)  # where these epochs ran (a study spans sessions)
+        atomic_write_json(run_dir / MACHINES,
+                          sorted(set(_read(run_dir / MACHINES, [])) | {f"{facts['device']}, {facts['precision']}"}))
     which = getattr(args, "which", "last")  # the final weights, or best/ (selected on the held-out slice)
     weights = run_dir / "best" if which == "best" and (run_dir / "best" / "config.json").exists() else run_dir
     if (weights / "eval.json").exists():
@@ -151,11 +141,10 @@ def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
             continue
         mine = [from_bits(r["per_example"]["worst_case"]) for r in rs]
         worst = paired_bootstrap(mine, None if v == "twin" else twin)
-        shared = [r["seed"] for r in rs if r["seed"] in twin_seeds]  # seed pairs: the same seed of both
-        if v != "twin" and shared:
-            pairs = seed_bootstrap([m for m, r in zip(mine, rs) if r["seed"] in twin_seeds],
-                                   [twin_seeds[s] for s in shared])
-            worst["seed_ci"], worst["per_seed_diff"] = pairs["diff_ci"], pairs["per_seed"]
+        pairs = [(m, twin_seeds[r["seed"]]) for m, r in zip(mine, rs) if r["seed"] in twin_seeds]  # same seed of both
+        if v != "twin" and pairs:
+            spread = seed_bootstrap(*zip(*pairs))
+            worst["seed_ci"], worst["per_seed_diff"] = spread["diff_ci"], spread["per_seed"]
         clean = paired_bootstrap([from_bits(r["per_example"]["clean"]) for r in rs], None)
         gates = [r["gate"] for r in rs if r.get("gate")]
         mean = lambda key, part="clean": (float(np.mean([g[part][key] for g in gates if g.get(part)]))  # noqa: E731
