@@ -21,7 +21,10 @@ already in ``--json``'s record of the same study is taken from it (the record, c
 ``benchmarks/records/``, carries a study across machines whose ``runs/`` is gone). The JSON record
 is rewritten after every run (``complete: false`` until the last), so a command stopped at its time
 limit (a GPU window) still hands back every finished run; ``--from-json`` tabulates such a
-record elsewhere (the per-example results travel in it), without training anything.
+record elsewhere (the per-example results travel in it), without training anything. Stopped with
+Ctrl-C or SIGTERM (``kill``), it also writes the wall time spent so far, the unfinished run's
+included, so the setting paragraph's wall time sums every invocation (``kill -9`` loses the time
+since the last finished run).
 
     python benchmarks/again_study.py --data-dir ../shared/data --results benchmarks/RESULTS.md   # 15 runs, ~8 h on 2 fp32 cores
     python benchmarks/again_study.py --tiny            # the CI size: digits, width 4, 1 epoch
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -310,17 +314,28 @@ def main() -> None:
                                                 ("n_targets", args.n_targets))) and before.get("n") in (0, args.n)
     done = {(r["variant"], r["seed"]): r for r in record.get("runs", [])} if same else {}
     t0 = time.time() - (before.get("wall_seconds", 0.0) if same else 0.0)
-    for seed in seeds:
-        for v in variants:
-            t = time.time()
-            r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args)  # the record outlives the runs
-            runs.append(r)
-            write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants), runs)
-            g = r.get("gate")  # printed once the record holds the run
-            print(f"{v} seed {seed}: clean {100 * r['clean']:.1f}, worst case {100 * r['worst_case']:.1f}"
-                  + (f", follows a wrong gate {100 * g['clean']['follows_wrong']:.1f}%" if g else "")
-                  + f" ({time.time() - t:.0f} s)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # a session's end: stop like Ctrl-C
+    try:
+        for seed in seeds:
+            for v in variants:
+                t = time.time()
+                r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args)  # the record outlives the runs
+                runs.append(r)
+                write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants),
+                             runs)
+                g = r.get("gate")  # printed once the record holds the run
+                print(f"{v} seed {seed}: clean {100 * r['clean']:.1f}, worst case {100 * r['worst_case']:.1f}"
+                      + (f", follows a wrong gate {100 * g['clean']['follows_wrong']:.1f}%" if g else "")
+                      + f" ({time.time() - t:.0f} s)", flush=True)
+    except KeyboardInterrupt:  # the time of the unfinished run counts in the wall time; its epochs resume
+        write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants), runs)
+        sys.exit(f"stopped: {len(runs)} of {len(variants) * len(seeds)} runs in {args.json}; "
+                 "the same command continues")
     finish(args, study_config(args, variants, seeds, runs, t0), runs, variants)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def study_config(args: argparse.Namespace, variants: list[str], seeds: list[int], runs: list[dict[str, Any]],

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,8 +178,23 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     results.write_text("# Results\n\nother measurements\n")
     args = ["--tiny", "--variants", "twin,paper,pred", "--seeds", "0", "--n", "12", "--aa-iter", "2",
             "--n-targets", "2", "--out", str(tmp_path / "runs"), "--results", str(results), "--quiet"]
-    # stopped after its first run (a GPU window's time limit): the record holds that run already
     cmd = [sys.executable, str(ROOT / "benchmarks" / "again_study.py"), *args, "--json", str(tmp_path / "part.json")]
+    # stopped during its first training (a session's end, SIGTERM): the record keeps the time spent
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not list((tmp_path / "runs").glob("twin_s0/*/recipe.yaml")):
+            assert proc.poll() is None
+            time.sleep(0.05)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 1
+        assert proc.stderr.read().splitlines()[-1].startswith("stopped: 0 of 3 runs in ")
+    finally:
+        proc.kill()
+        proc.wait()
+    stopped = json.loads((tmp_path / "part.json").read_text())["config"]
+    assert stopped["runs_done"] == 0 and stopped["wall_seconds"] > 0
+    # continued, and stopped after its first run (a GPU window's time limit): the record holds that run
+    # already, and the wall time of both invocations
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline().startswith("twin seed 0: clean")
@@ -186,6 +202,7 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
         proc.kill()
         proc.wait()
     part = json.loads((tmp_path / "part.json").read_text())
+    assert part["config"]["wall_seconds"] > stopped["wall_seconds"]
     assert [r["variant"] for r in part["runs"]] == ["twin"] and part["config"]["complete"] is False
     assert (part["config"]["runs_done"], part["config"]["runs_planned"]) == (1, 3)
     data, stdout = run_benchmark("again_study.py", tmp_path / "study.json", *args)
