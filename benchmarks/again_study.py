@@ -248,8 +248,8 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
                  if config.get("wall_seconds") else "")
               + (f"{config['note']} " if config.get("note") else "")
               + ("" if config.get("complete", True) else
-                 f"Partial: {config['runs_done']} of {config['runs_planned']} runs finished before the command's "
-                 f"time limit. ")
+                 f"Partial: {config['runs_done']} of {config['runs_planned']} runs finished so far; the same command "
+                 f"continues the study. ")
               + f"Reproduce: `{config['command']}`."]
     return "\n".join(lines)
 
