@@ -144,7 +144,8 @@ def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
         if not rs:
             continue
         mine = [from_bits(r["per_example"]["worst_case"]) for r in rs]
-        worst = paired_bootstrap(mine, None if v == "twin" else twin)
+        same = [twin_seeds[r["seed"]] for r in rs if r["seed"] in twin_seeds]  # the twin on this variant's seeds
+        worst = paired_bootstrap(mine, None if v == "twin" else same or twin)
         pairs = [(m, twin_seeds[r["seed"]]) for m, r in zip(mine, rs) if r["seed"] in twin_seeds]  # same seed of both
         if v != "twin" and pairs:
             spread = seed_bootstrap(*zip(*pairs))

@@ -1,6 +1,7 @@
 """Inference speed of the deployment forms: PyTorch eager vs onnxruntime fp32, fp16 and int8, latency at
 batch 1 and throughput at batch 64, file sizes, in one run, reported as ratios (machines are noisy;
-ratios much less so). Prints a table and writes JSON. With onnxruntime-gpu and CUDA it adds the CUDA
+ratios much less so), and where onnxruntime CPU's time goes at batch 64 (kernel time per operator
+type, from its profiler). Prints the tables and writes JSON. With onnxruntime-gpu and CUDA it adds the CUDA
 provider's rows (where fp16 belongs) and CUDA eager.
 
 With ``--checkpoint`` the files are the real exports of that checkpoint (``againzoo export
@@ -36,6 +37,30 @@ def timeit(fn, iters: int, warmup: int = 3) -> float:
     for _ in range(iters):
         fn()
     return (time.perf_counter() - t) / iters
+
+
+def op_times(path: Path, x: np.ndarray, iters: int, threads: int) -> list[dict[str, float | str]]:
+    """Where onnxruntime CPU's time goes: milliseconds per batch in each operator type (its profiler's
+    kernel times, the warm-up run left out), largest first, with each one's share of the total."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    if threads:
+        opts.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(iters + 1):
+            sess.run(None, {"images": x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    warm = runs[0]["ts"] + runs[0]["dur"]
+    total: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= warm:
+            total[e["args"]["op_name"]] = total.get(e["args"]["op_name"], 0.0) + e["dur"] / 1000 / iters
+    whole = sum(total.values())
+    return [{"op": op, "ms": ms, "share": ms / whole} for op, ms in sorted(total.items(), key=lambda kv: -kv[1])]
 
 
 def files(args: argparse.Namespace, tmp: Path) -> tuple[torch.nn.Module, dict[str, Path], int, dict[str, str]]:
@@ -113,6 +138,8 @@ def main() -> None:
                              "images_per_s": batch / s, "file_mb": None if rt is None or rt == "cuda" else sizes[prec],
                              "refused": None if rt is None or rt == "cuda" else refused.get(prec)})
             model.cpu()
+        ops = {prec: op_times(path, np.random.default_rng(0).random((64, 3, px, px), np.float32), args.iters,
+                              args.threads) for prec, path in paths.items()}
     base = {r["batch"]: r for r in rows if (r["runtime"], r["precision"]) == ("onnxruntime CPU", "fp32")}
     for r in rows:
         r["speedup_vs_onnxruntime_fp32"] = base[r["batch"]]["latency_ms"] / r["latency_ms"]
@@ -123,11 +150,15 @@ def main() -> None:
         mb = "-" if r["file_mb"] is None else f"{r['file_mb']:.2f}"
         print(f"{r['runtime']:<22}{r['precision']:>6}{r['batch']:>6}{r['latency_ms']:>10.2f}{r['images_per_s']:>10.0f}"
               f"{mb:>8}{r['speedup_vs_onnxruntime_fp32']:>12.2f}x" + ("  refused by the export check" if r["refused"] else ""))
+    print("\nwhere onnxruntime CPU's time goes at batch 64 (its profiler's kernel time per batch)")
+    for prec, table in ops.items():
+        print(f"{prec:>6}: {sum(o['ms'] for o in table):.2f} ms: "
+              + ", ".join(f"{o['op']} {o['ms']:.2f} ({100 * o['share']:.0f}%)" for o in table[:5]))
     for prec, why in refused.items():
         print(f"{prec}: {why}")
     from againzoo.io import atomic_write_json
 
-    atomic_write_json(args.json, {"config": vars(args), "results": rows, "torch": torch.__version__,
+    atomic_write_json(args.json, {"config": vars(args), "results": rows, "ops_batch_64": ops, "torch": torch.__version__,
                                   "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d")})
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,10 @@ def test_inference_benchmark_runs(tmp_path):
     assert all(r["speedup_vs_onnxruntime_fp32"] == 1.0 for r in rows if (r["runtime"], r["precision"]) ==
                ("onnxruntime CPU", "fp32"))
     assert "vs ort fp32" in stdout
+    ops = {prec: {o["op"]: o for o in table} for prec, table in data["ops_batch_64"].items()}
+    assert "Conv" in ops["fp32"] and "QLinearConv" in ops["int8"] and "QLinearConv" not in ops["fp32"]
+    assert all(sum(o["share"] for o in table.values()) == pytest.approx(1.0) for table in ops.values())
+    assert "QLinearConv" in stdout.split("where onnxruntime CPU's time goes")[1]
 
 
 @pytest.mark.slow
@@ -168,6 +173,27 @@ def test_the_compiled_training_step_matches_eager(tmp_path, mode):
         keys.append(sorted(model.state_dict()))
     assert keys[0] == keys[1]
     assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)
+
+
+def test_again_study_compares_each_variant_with_the_twin_on_its_own_seeds():
+    """A partial study (the twin has run seed 1, the variant not yet): the difference from the twin is
+    taken on the seeds both have, so it equals the per-seed difference beside it."""
+    from againzoo.stats import to_bits
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from again_study import summarise
+    finally:
+        sys.path.pop(0)
+    g = torch.Generator().manual_seed(0)
+    bits = lambda p: to_bits(torch.rand(400, generator=g) < p)  # noqa: E731
+    run = lambda v, seed, p: {"variant": v, "seed": seed, "train_seconds": 1.0, "clean": 0.5,  # noqa: E731
+                              "worst_case": p, "per_example": {"worst_case": bits(p), "clean": bits(0.5)}}
+    rows = {r["variant"]: r for r in summarise([run("twin", 0, 0.3), run("pred", 0, 0.25), run("twin", 1, 0.6)],
+                                               ["twin", "pred"])["rows"]}
+    w = rows["pred"]["worst_case"]
+    assert w["diff"] == pytest.approx(w["per_seed_diff"][0])  # seed 1's much stronger twin left out
+    assert rows["twin"]["seeds"] == [0, 1] and rows["pred"]["seeds"] == [0]
 
 
 @pytest.mark.slow
