@@ -144,9 +144,8 @@ def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
         if not rs:
             continue
         mine = [from_bits(r["per_example"]["worst_case"]) for r in rs]
-        same = [twin_seeds[r["seed"]] for r in rs if r["seed"] in twin_seeds]  # the twin on this variant's seeds
-        worst = paired_bootstrap(mine, None if v == "twin" else same or twin)
         pairs = [(m, twin_seeds[r["seed"]]) for m, r in zip(mine, rs) if r["seed"] in twin_seeds]  # same seed of both
+        worst = paired_bootstrap(mine, None if v == "twin" else [t for _, t in pairs] or twin)  # on the shared seeds
         if v != "twin" and pairs:
             spread = seed_bootstrap(*zip(*pairs))
             worst["seed_ci"], worst["per_seed_diff"] = spread["diff_ci"], spread["per_seed"]
@@ -315,6 +314,8 @@ def main() -> None:
                                                 ("n_targets", args.n_targets))) and before.get("n") in (0, args.n)
     done = {(r["variant"], r["seed"]): r for r in record.get("runs", [])} if same else {}
     t0 = time.time() - (before.get("wall_seconds", 0.0) if same else 0.0)
+    save = lambda: write_record(Path(args.json), study_config(args, variants, seeds, runs, t0),  # noqa: E731
+                                summarise(runs, variants), runs)
     signal.signal(signal.SIGTERM, _interrupt)  # a session's end: stop like Ctrl-C
     try:
         for seed in seeds:
@@ -322,14 +323,13 @@ def main() -> None:
                 t = time.time()
                 r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args)  # the record outlives the runs
                 runs.append(r)
-                write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants),
-                             runs)
+                save()
                 g = r.get("gate")  # printed once the record holds the run
                 print(f"{v} seed {seed}: clean {100 * r['clean']:.1f}, worst case {100 * r['worst_case']:.1f}"
                       + (f", follows a wrong gate {100 * g['clean']['follows_wrong']:.1f}%" if g else "")
                       + f" ({time.time() - t:.0f} s)", flush=True)
     except KeyboardInterrupt:  # the time of the unfinished run counts in the wall time; its epochs resume
-        write_record(Path(args.json), study_config(args, variants, seeds, runs, t0), summarise(runs, variants), runs)
+        save()
         sys.exit(f"stopped: {len(runs)} of {len(variants) * len(seeds)} runs in {args.json}; "
                  "the same command continues")
     finish(args, study_config(args, variants, seeds, runs, t0), runs, variants)

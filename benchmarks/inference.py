@@ -39,14 +39,20 @@ def timeit(fn, iters: int, warmup: int = 3) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """Quiet onnxruntime options with ``threads`` intra-op threads (0: its default)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 def op_times(path: Path, x: np.ndarray, iters: int, threads: int) -> list[dict[str, float | str]]:
     """Where onnxruntime CPU's time goes: milliseconds per batch in each operator type (its profiler's
     kernel times, the warm-up run left out), largest first, with each one's share of the total."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = session_options(threads)
     opts.enable_profiling = True
-    if threads:
-        opts.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "profile")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -106,10 +112,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model, paths, px, refused = files(args, Path(tmp))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if args.threads:
-            opts.intra_op_num_threads = args.threads
+        opts = session_options(args.threads)
         providers = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if "CUDAExecutionProvider"
                                                  in ort.get_available_providers() else [])
         runtimes: dict[tuple[str, str], object] = {("torch eager (cpu)", "fp32"): None}
@@ -138,8 +141,8 @@ def main() -> None:
                              "images_per_s": batch / s, "file_mb": None if rt is None or rt == "cuda" else sizes[prec],
                              "refused": None if rt is None or rt == "cuda" else refused.get(prec)})
             model.cpu()
-        ops = {prec: op_times(path, np.random.default_rng(0).random((64, 3, px, px), np.float32), args.iters,
-                              args.threads) for prec, path in paths.items()}
+        x64 = np.random.default_rng(0).random((64, 3, px, px), np.float32)
+        ops = {prec: op_times(path, x64, args.iters, args.threads) for prec, path in paths.items()}
     base = {r["batch"]: r for r in rows if (r["runtime"], r["precision"]) == ("onnxruntime CPU", "fp32")}
     for r in rows:
         r["speedup_vs_onnxruntime_fp32"] = base[r["batch"]]["latency_ms"] / r["latency_ms"]
