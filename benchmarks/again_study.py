@@ -237,7 +237,9 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
             f"{pct(g.get('oracle_acc'))} | {pct(g.get('wrong_acc'))} / {pct(g.get('follows_wrong'))} | {shortcut} | "
             f"{r['train_seconds'] / 60:.1f} |")
     lines += ["", "Variants: " + "; ".join(f"`{r['variant']}`: {r['description']}" for r in summary["rows"]) + ".",
-              "", f"**Verdict.** {summary['verdict']['text']}", "",
+              "", (f"**Verdict.** {summary['verdict']['text']}" if config.get("complete", True) else
+                   f"**So far ({config['runs_done']} of {config['runs_planned']} runs; no verdict until all are in).** "
+                   f"{summary['verdict']['text']}"), "",
               f"Setting: recipe `{config['recipe']}` with {config['set'] or 'no extra overrides'}, seeds "
               f"{config['seeds']}, quick suite (our APGD-CE/APGD-T {config['aa_iter']} iterations, {config['n_targets']} "
               f"targets, plain/joint/straight-through objectives, gate-targeted attack, official APGD-CE/APGD-T with the "

@@ -37,11 +37,13 @@ merge_benchmarks() {  # every record that exists so far, in one file (a step's t
 {
   [ "$device" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, timm, pyautoattack, pydantic; print('torch', torch.__version__, 'timm', timm.__version__, 'pyautoattack', pyautoattack.__version__, 'pydantic', pydantic.__version__)" || exit 1
+  # the fp16 ONNX file runs on onnxruntime-gpu's CUDA provider only: the smoke step's test of it is skipped (and says so) without it
+  python3 -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
   # the training path end to end at tiny size on this device (bf16, channels_last, fused SGD, AWP,
   # EMA, on-device loader, RNG state, fp16 publication, official AA, packing): fail here, not 8 minutes in
   # (SMOKE=0 / BENCHMARK=0 skip these steps, e.g. on a last try whose time must all go to the build)
   if [ "${SMOKE:-1}" = 1 ]; then
-    timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m "slow or not slow" tests/test_cuda_path.py tests/test_zoo_build.py || exit 1
+    timeout 150 python3 -m pytest -q -x -p no:cacheprovider -rs -m "slow or not slow" tests/test_cuda_path.py tests/test_zoo_build.py tests/test_onnx_deploy.py::test_fp16_file_on_the_cuda_provider_agrees_with_pytorch || exit 1
     echo "smoke test passed; $(left) s left"
   fi
   [ "${BENCHMARK:-1}" = 1 ] && timeout 60 python3 benchmarks/train_throughput.py --device "$device" $bench \

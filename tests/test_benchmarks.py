@@ -257,4 +257,5 @@ def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     _, stdout3 = run_benchmark("again_study.py", tmp_path / "tab.json", "--from-json", str(tmp_path / "part.json"),
                                "--results", str(results))
     assert "| `twin` |" in stdout3 and "| `paper` |" not in stdout3 and "Partial: 1 of 3 runs" in results.read_text()
+    assert "**So far (1 of 3 runs; no verdict until all are in).**" in stdout3 and "**Verdict.**" not in stdout3
     assert stdout3.splitlines()[2] == stdout.splitlines()[stdout.splitlines().index(stdout3.splitlines()[0]) + 2]
