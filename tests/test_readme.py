@@ -69,6 +69,27 @@ def test_the_readmes_have_the_blocks_this_test_runs():
     assert all(f"docs/{p}.md" in readme for p in PAGES)  # and linked from the front page
 
 
+def test_the_layout_names_every_module_of_the_package():
+    """README's Layout lists the package's modules and subpackages: a new module cannot hide from it."""
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
+    listed = {w.removesuffix("(.json)") for w in layout.split("againzoo/", 1)[1].split("hubconf.py", 1)[0].split()}
+    pkg = ROOT / "againzoo"
+    actual = {p.name for p in pkg.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    actual |= {f"{p.name}/" for p in pkg.iterdir() if (p / "__init__.py").exists()}
+    assert listed == actual, f"missing: {sorted(actual - listed)}; gone: {sorted(listed - actual)}"
+
+
+def test_the_deploy_section_quotes_the_recorded_int8_verdicts():
+    """README's sentence on int8 quotes the deployed records: each CPU-tier model's int8 agreement, refused."""
+    import json
+
+    text = " ".join((ROOT / "README.md").read_text().split("## Deploy it", 1)[1].split("\n## ", 1)[0].split())
+    for name in ("resnet18_cifar_w16_cpu", "again_resnet18_w16_cpu"):
+        record = json.loads((ROOT / "zoo" / name / "deployed.json").read_text())["records"]["int8"]
+        assert "refused" in record and f"{100 * record['verification']['top1_agreement']:.1f}%" in text, name
+    assert "refused" in text
+
+
 def test_the_front_page_has_setup_models_and_a_working_example_first():
     head = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
     assert "pip install -e . && againzoo train quickstart" in head and "<!-- test-command -->" in head
