@@ -49,13 +49,22 @@ class PrecisionError(CheckpointError):
         self.figures = figures
 
 
-def session(path: str | Path):
-    """A quiet onnxruntime CPU session of ``path`` (the checks here and in :mod:`againzoo.onnx` use it)."""
+def session_options(threads: int = 0):
+    """Quiet onnxruntime options with ``threads`` intra-op threads (0: onnxruntime's default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def session(path: str | Path):
+    """A quiet onnxruntime CPU session of ``path`` (the checks here and in :mod:`againzoo.onnx` use it)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def run(path: str | Path, x: np.ndarray, batch: int = 250) -> np.ndarray:

@@ -219,6 +219,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    complete = config.get("complete", True)  # a partial table says so and calls no verdict
     lines = ["| variant | clean | adaptive worst case [95% CI] | per seed | vs twin, points [95% CI images] "
              "[seeds and images] | vs twin per seed | ASE head | true-label gate | wrong-label gate: acc / followed | "
              "shortcut (seeds) | train min |",
@@ -237,7 +238,7 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
             f"{pct(g.get('oracle_acc'))} | {pct(g.get('wrong_acc'))} / {pct(g.get('follows_wrong'))} | {shortcut} | "
             f"{r['train_seconds'] / 60:.1f} |")
     lines += ["", "Variants: " + "; ".join(f"`{r['variant']}`: {r['description']}" for r in summary["rows"]) + ".",
-              "", (f"**Verdict.** {summary['verdict']['text']}" if config.get("complete", True) else
+              "", (f"**Verdict.** {summary['verdict']['text']}" if complete else
                    f"**So far ({config['runs_done']} of {config['runs_planned']} runs; no verdict until all are in).** "
                    f"{summary['verdict']['text']}"), "",
               f"Setting: recipe `{config['recipe']}` with {config['set'] or 'no extra overrides'}, seeds "
@@ -249,7 +250,7 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
               + (f"The study's wall time, its invocations summed: {config['wall_seconds'] / 3600:.1f} h. "
                  if config.get("wall_seconds") else "")
               + (f"{config['note']} " if config.get("note") else "")
-              + ("" if config.get("complete", True) else
+              + ("" if complete else
                  f"Partial: {config['runs_done']} of {config['runs_planned']} runs finished so far; the same command "
                  f"continues the study. ")
               + f"Reproduce: `{config['command']}`."]

@@ -27,7 +27,7 @@ import torch
 
 import againzoo
 from againzoo.onnx import calibration_images, export, export_checkpoint
-from againzoo.onnx_precision import PRECISIONS, PrecisionError, convert_fp16, quantize_int8
+from againzoo.onnx_precision import PRECISIONS, PrecisionError, convert_fp16, quantize_int8, session_options
 
 
 def timeit(fn, iters: int, warmup: int = 3) -> float:
@@ -37,15 +37,6 @@ def timeit(fn, iters: int, warmup: int = 3) -> float:
     for _ in range(iters):
         fn()
     return (time.perf_counter() - t) / iters
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """Quiet onnxruntime options with ``threads`` intra-op threads (0: its default)."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
 
 
 def op_times(path: Path, x: np.ndarray, iters: int, threads: int) -> list[dict[str, float | str]]:
