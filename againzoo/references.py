@@ -55,8 +55,8 @@ PAPER: dict[str, tuple[str, dict[str, float]]] = {
 
 # what our own measurements say about the AGAIN rows (benchmarks/RESULTS.md, "The AGAIN study")
 AGAIN_CAVEAT = ("Our AGAIN study (benchmarks/RESULTS.md) could not confirm the AGAIN rows: with the paper's "
-                "label-mixed gate the classifier copies its gate, and no AGAIN variant beat the same recipe "
-                "without AGAIN beyond the interval (CPU proxy, two seeds)")
+                "label-mixed gate the classifier copies its gate, and no AGAIN variant beats the same recipe "
+                "without AGAIN beyond the interval (CPU proxy at width 16, three seeds, 1,000 test images)")
 
 
 def reference_for(recipe_name: str | None) -> dict | None:

@@ -85,13 +85,17 @@ def pick(text: str, known: dict[str, Any], what: str) -> list[str]:
 
 
 def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Namespace,
-            variant_set: list[str] | None = None) -> dict[str, Any]:
+            variant_set: list[str] | None = None, precisions: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Train (or reuse / resume) and evaluate one (variant, seed); return what the table needs.
-    ``variant_set``: the variant's overrides (default: this study's ``VARIANTS``)."""
+    ``variant_set``: the variant's overrides (default: this study's ``VARIANTS``). ``precisions``: what
+    the study's finished runs trained in; a training this machine would run in another precision
+    (``precision: auto`` is bf16 only where the CPU has it) is refused, so that the runs compare."""
     from againzoo import recipes
     from againzoo.evaluation import evaluate_checkpoint
     from againzoo.io import atomic_write_json, read_jsonl
+    from againzoo.runtime import resolve_device
     from againzoo.training import train
+    from againzoo.training.trainer import device_setup
     from againzoo.zoo import training_record
 
     extra = VARIANTS[variant][1] if variant_set is None else variant_set
@@ -101,6 +105,11 @@ def run_one(recipe: str, out: Path, variant: str, seed: int, args: argparse.Name
     rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     stopped = any(r.get("catastrophic_overfitting") for r in rows)
     if len(rows) < rec.epochs and not stopped:
+        mine = device_setup(rec, resolve_device(args.device)).precision
+        if precisions and mine not in precisions:
+            sys.exit(f"error: {variant} seed {seed} would train in {mine} here (precision: {rec.precision}) but the "
+                     f"study's finished runs trained in {', '.join(sorted(precisions))}; set AGAINZOO_CPU_BF16="
+                     f"{int('bf16' in precisions)} so that its runs compare, or start another study (--json, --out)")
         resume = run_dir if (run_dir / "recipe.yaml").exists() else None
         train(rec if resume is None else None, resume=resume, device=args.device, data_dir=args.data_dir,
               progress=not args.quiet)
@@ -324,7 +333,9 @@ def main() -> None:
         for seed in seeds:
             for v in variants:
                 t = time.time()
-                r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args)  # the record outlives the runs
+                trained = frozenset(m.rsplit(", ", 1)[-1] for d in [*done.values(), *runs] for m in d.get("machines", []))
+                r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args,  # the record outlives the runs
+                                                   precisions=trained)
                 runs.append(r)
                 save()
                 g = r.get("gate")  # printed once the record holds the run

@@ -196,6 +196,25 @@ def test_again_study_compares_each_variant_with_the_twin_on_its_own_seeds():
     assert rows["twin"]["seeds"] == [0, 1] and rows["pred"]["seeds"] == [0]
 
 
+def test_again_study_refuses_to_train_a_run_in_another_precision_than_its_finished_runs(tmp_path, monkeypatch):
+    """A study resumed on a CPU with native bf16 (``precision: auto``) would train its next run in bf16
+    beside runs trained in fp32: it stops with one line naming both and the switch, before training."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from again_study import TINY, run_one
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setenv("AGAINZOO_CPU_BF16", "1")
+    args = argparse.Namespace(set=[*TINY, "precision=auto"], device="cpu", data_dir=None, quiet=True)
+    with pytest.raises(SystemExit) as e:
+        run_one("cifar10_resnet18w16_again_study_cpu", tmp_path, "pred", 2, args, precisions=frozenset({"fp32"}))
+    assert str(e.value).startswith("error: pred seed 2 would train in bf16 here (precision: auto)")
+    assert "finished runs trained in fp32; set AGAINZOO_CPU_BF16=0" in str(e.value)
+    assert not any(tmp_path.rglob("metrics.jsonl"))  # nothing was trained
+
+
 @pytest.mark.slow
 def test_again_study_runs_resumes_and_writes_its_table(tmp_path):
     """The study at the CI size: trains, evaluates, tabulates with intervals and a verdict; a second
