@@ -229,12 +229,12 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     complete = config.get("complete", True)  # a partial table says so and calls no verdict
-    lines = ["| variant | clean | adaptive worst case [95% CI] | per seed | vs twin, points [95% CI images] "
+    lines = ["| variant | clean [95% CI] | adaptive worst case [95% CI] | per seed | vs twin, points [95% CI images] "
              "[seeds and images] | vs twin per seed | ASE head | true-label gate | wrong-label gate: acc / followed | "
              "shortcut (seeds) | train min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        w, g = r["worst_case"], r["gate"] or {}
+        w, c, g = r["worst_case"], r["clean"], r["gate"] or {}
         diff = "-" if "diff" not in w else (f"{100 * w['diff']:+.1f} [{100 * w['diff_ci'][0]:+.1f}, "
                                            f"{100 * w['diff_ci'][1]:+.1f}]"
                                            + (f" [{100 * w['seed_ci'][0]:+.1f}, {100 * w['seed_ci'][1]:+.1f}]"
@@ -242,7 +242,7 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
         seed_diff = " / ".join(f"{100 * d:+.1f}" for d in w.get("per_seed_diff", [])) or "-"
         shortcut = "-" if not g else f"{'**yes**' if g['shortcut_seeds'] else 'no'} ({g['shortcut_seeds']}/{len(r['seeds'])})"
         lines.append(
-            f"| `{r['variant']}` | {pct(r['clean']['mean'])} | **{pct(w['mean'])}** [{pct(w['ci'][0])}, {pct(w['ci'][1])}] | "
+            f"| `{r['variant']}` | {pct(c['mean'])} [{pct(c['ci'][0])}, {pct(c['ci'][1])}] | **{pct(w['mean'])}** [{pct(w['ci'][0])}, {pct(w['ci'][1])}] | "
             f"{' / '.join(pct(v) for v in r['per_seed']['worst_case'])} | {diff} | {seed_diff} | {pct(g.get('ase_acc'))} | "
             f"{pct(g.get('oracle_acc'))} | {pct(g.get('wrong_acc'))} / {pct(g.get('follows_wrong'))} | {shortcut} | "
             f"{r['train_seconds'] / 60:.1f} |")
