@@ -57,6 +57,18 @@ def cpu_name() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
+INT8_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
+
+
+def int8_instructions() -> str:
+    """The best int8 dot-product instructions this CPU has, the first of AMX, AVX512-VNNI, AVX-VNNI
+    and AVX2 in its /proc/cpuinfo flags ("" where none): onnxruntime's int8 convolutions are about
+    3x its fp32 ones with VNNI and about 1.6x with AVX2 alone (``benchmarks/RESULTS.md``), so a
+    record of int8 speed names them."""
+    flags = set(_cpuinfo("flags").split())
+    return next((name for flag, name in INT8_FLAGS if flag in flags), "")
+
+
 def _busy_jiffies() -> tuple[int, int] | None:
     """(busy, total) jiffies of all cores from /proc/stat, or None where there is none."""
     try:

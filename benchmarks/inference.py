@@ -26,6 +26,7 @@ import onnxruntime as ort
 import torch
 
 import againzoo
+from againzoo.cpu import cpu_name, int8_instructions
 from againzoo.onnx import calibration_images, export, export_checkpoint
 from againzoo.onnx_precision import PRECISIONS, PrecisionError, convert_fp16, quantize_int8, session_options
 
@@ -138,7 +139,8 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_onnxruntime_fp32"] = base[r["batch"]]["latency_ms"] / r["latency_ms"]
     what = args.checkpoint or f"{args.arch} width {args.width} (untrained), {args.px}px"
-    print(f"inference, {what}, {args.iters} iterations, onnxruntime {ort.__version__}")
+    machine = f"{cpu_name()} ({int8_instructions() or 'no'} int8 instructions), {torch.get_num_threads()} threads"
+    print(f"inference, {what}, {args.iters} iterations, onnxruntime {ort.__version__}, {machine}")
     print(f"{'runtime':<22}{'prec':>6}{'batch':>6}{'ms':>10}{'img/s':>10}{'MB':>8}{'vs ort fp32':>13}")
     for r in rows:
         mb = "-" if r["file_mb"] is None else f"{r['file_mb']:.2f}"
@@ -152,7 +154,8 @@ def main() -> None:
         print(f"{prec}: {why}")
     from againzoo.io import atomic_write_json
 
-    atomic_write_json(args.json, {"config": vars(args), "results": rows, "ops_batch_64": ops, "torch": torch.__version__,
+    atomic_write_json(args.json, {"config": {k: v for k, v in vars(args).items()  # arch/width/px: the untrained model's only
+                                             if not (args.checkpoint and k in ("arch", "width", "px"))}, "cpu": machine, "results": rows, "ops_batch_64": ops, "torch": torch.__version__,
                                   "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d")})
 
 

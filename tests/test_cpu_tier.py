@@ -267,3 +267,10 @@ def test_cpu_name_comes_from_cpuinfo(monkeypatch):
     assert cpu.cpu_name() == "AMD EPYC 7B13"
     monkeypatch.setattr(cpu, "_cpuinfo", lambda key: "")
     assert cpu.cpu_name()  # the platform's name where /proc/cpuinfo has none
+
+
+def test_int8_instructions_name_the_best_the_cpu_has(monkeypatch):
+    for flags, name in (("fpu avx2 avx512f avx512_vnni amx_int8 amx_tile", "AMX"), ("avx2 avx512_vnni", "AVX512-VNNI"),
+                        ("avx2 avx_vnni", "AVX-VNNI"), ("sse4_2 avx2 fma", "AVX2"), ("sse4_2", "")):
+        monkeypatch.setattr(cpu, "_cpuinfo", lambda key, f=flags: f if key == "flags" else "")
+        assert cpu.int8_instructions() == name
