@@ -147,6 +147,32 @@ def _bash_commands(code: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+REFUSED: set[str] = set()  # int8 files the export's check refused in this run of the docs
+
+
+def _refused_int8(args: list[str], code: int, output: str) -> bool:
+    """Whether ``againzoo export ... --precision int8`` refused its file, as documented: the docs' models
+    are one-epoch, chance-level ones whose near-tied logits int8 may flip on more than 1% of the images
+    (how many depends on the CPU's int8 kernels), so the check's one-line refusal, with no file written,
+    is the other correct outcome; what then uses the file must fail in one line naming it."""
+    if args[0] != "export" or "int8" not in args or code != 2:
+        return False
+    out = args[args.index("-o") + 1]
+    assert len(output.strip().splitlines()) == 1 and "was not written: it agrees with PyTorch on" in output, output
+    assert not Path(out).exists()
+    REFUSED.add(out)
+    return True
+
+
+def _uses_a_refused_file(argv: list[str], code: int, output: str, where: str) -> bool:
+    """A command that reads a refused int8 file fails with one line that names it."""
+    name = next((a for a in argv if a in REFUSED), None)
+    if name is None:
+        return False
+    assert code != 0 and name in output.strip().splitlines()[-1], (where, argv, output)
+    return True
+
+
 def _run_againzoo(args: list[str], marker: str, where: str) -> None:
     if args[0] == "train" and "--resume" not in args or args[:2] == ["zoo", "build"]:
         args = args + [x for o in TINY_TRAIN for x in ("--set", o)]
@@ -155,6 +181,8 @@ def _run_againzoo(args: list[str], marker: str, where: str) -> None:
     if args[:2] == ["zoo", "deployed"]:  # where zoo build put it (digits); the fp32 export only (a one-epoch
         args = args + TINY_EVAL_ARGS + ["--dataset", "digits", "--precision", "fp32"]  # model's int8 is no test
     res = CliRunner().invoke(app, args)
+    if _refused_int8(args, res.exit_code, res.output) or _uses_a_refused_file(args, res.exit_code, res.output, where):
+        return
     if marker == "hub":
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (where, args, res.output)
         return
@@ -165,6 +193,8 @@ def _run_python_cli(argv: list[str], repo: Path, where: str) -> None:
     if argv[1] == "predict.py":
         argv = [argv[0], "export/predict.py", *argv[2:]]
     res = subprocess.run([sys.executable, *argv[1:]], cwd=repo, capture_output=True, text=True, timeout=600)
+    if _uses_a_refused_file(argv, res.returncode, res.stderr, where):
+        return
     assert res.returncode == 0, (where, argv, res.stderr[-2000:])
 
 
@@ -204,6 +234,7 @@ def test_every_readme_block_runs(repo, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.syspath_prepend(str(repo / "export"))
     ns: dict = {"__name__": "__readme__"}
+    REFUSED.clear()
     ran = 0
     for where, lang, code in blocks():
         if lang == "python":
@@ -228,6 +259,7 @@ def test_every_readme_block_runs(repo, monkeypatch):
                  "runs/cifar10_resnet18_again_awp/state/state.safetensors", "model.onnx", "MODEL_CARD.md",
                  "analysis/asc.png", "my_ckpt/model.safetensors", "runs/ddp/quickstart/model.safetensors"):
         assert (repo / path).exists(), path
+    assert (repo / "model_int8.onnx").exists() or "model_int8.onnx" in REFUSED  # written, or refused in one line
 
 
 def _study_table() -> tuple[str, list[dict[str, str]]]:
