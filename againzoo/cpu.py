@@ -27,6 +27,7 @@ from .errors import ConfigError
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INT8_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,9 +56,6 @@ def cpu_name() -> str:
     import platform
 
     return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-INT8_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
 
 
 def int8_instructions() -> str:

@@ -333,9 +333,11 @@ def main() -> None:
         for seed in seeds:
             for v in variants:
                 t = time.time()
-                trained = frozenset(m.rsplit(", ", 1)[-1] for d in [*done.values(), *runs] for m in d.get("machines", []))
-                r = done.get((v, seed)) or run_one(args.recipe, out, v, seed, args,  # the record outlives the runs
-                                                   precisions=trained)
+                r = done.get((v, seed))  # the record outlives the runs
+                if r is None:  # MACHINES entries end in the precision the run trained in
+                    trained = frozenset(m.rsplit(", ", 1)[-1] for d in [*done.values(), *runs]
+                                        for m in d.get("machines", []))
+                    r = run_one(args.recipe, out, v, seed, args, precisions=trained)
                 runs.append(r)
                 save()
                 g = r.get("gate")  # printed once the record holds the run

@@ -154,9 +154,11 @@ def main() -> None:
         print(f"{prec}: {why}")
     from againzoo.io import atomic_write_json
 
-    atomic_write_json(args.json, {"config": {k: v for k, v in vars(args).items()  # arch/width/px: the untrained model's only
-                                             if not (args.checkpoint and k in ("arch", "width", "px"))}, "cpu": machine, "results": rows, "ops_batch_64": ops, "torch": torch.__version__,
-                                  "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d")})
+    untrained_only = ("arch", "width", "px") if args.checkpoint else ()  # options of the untrained model
+    config = {k: v for k, v in vars(args).items() if k not in untrained_only}
+    atomic_write_json(args.json, {"config": config, "cpu": machine, "results": rows, "ops_batch_64": ops,
+                                  "torch": torch.__version__, "onnxruntime": ort.__version__,
+                                  "date": time.strftime("%Y-%m-%d")})
 
 
 if __name__ == "__main__":
