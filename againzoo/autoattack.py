@@ -52,7 +52,7 @@ class AutoAttackRun:
 
     gate: str
     robust: torch.Tensor  # bool per example: correct before and after the attack
-    x_adv: torch.Tensor
+    x_adv: torch.Tensor | None  # None where a resumable evaluation kept only the per-example results
     after_attack: dict[str, float]  # robust accuracy after each attack, as pyautoattack logs it (2 decimals)
     warnings: dict[str, str] = field(default_factory=dict)  # check name -> the package's message
     seconds: float = 0.0
@@ -174,7 +174,8 @@ def merge(runs: list[AutoAttackRun]) -> AutoAttackRun:
     for r in runs:
         for name, msg in r.warnings.items():
             found.setdefault(name, msg)
-    return AutoAttackRun(runs[0].gate, torch.cat([r.robust for r in runs]), torch.cat([r.x_adv for r in runs]), after,
+    x_adv = None if any(r.x_adv is None for r in runs) else torch.cat([r.x_adv for r in runs])
+    return AutoAttackRun(runs[0].gate, torch.cat([r.robust for r in runs]), x_adv, after,
                          found, sum(r.seconds for r in runs), max(r.max_perturbation for r in runs), runs[0].attacks)
 
 

@@ -8,6 +8,10 @@ one slice of images of an official AutoAttack run, the soundness checks) and, ca
 draws from its own seeded generator, so a resumed evaluation gives exactly the result of an
 uninterrupted one.
 
+A unit keeps what the record needs: the per-example results, and an AGAIN model's adversarial
+images (its gate diagnostics read them); a plain model's state is therefore kilobytes, small enough
+to commit and continue in another session (``againzoo zoo build`` keeps it beside the weights).
+
 The units of one evaluation live in ``<state_dir>/<fingerprint>/``, one safetensors file each
 (tensors, plus a JSON description in the metadata), written atomically: a unit is whole or absent.
 The fingerprint hashes everything the results depend on (the model's parameters and buffers, the
@@ -61,13 +65,25 @@ class EvalState:
         """Whether an earlier call finished the unit."""
         return self.dir is not None and self._path(key).exists()
 
-    def unit(self, key: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The unit's ``(tensors, info)`` when an earlier call finished it, else None."""
+        if not self.done(key):
+            return None
+        tensors, meta = load_tensors(self._path(key))
+        return tensors, json.loads(meta[_INFO])
+
+    def unit(self, key: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+             reuse: Callable[[dict[str, torch.Tensor]], bool] | None = None
              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The unit's ``(tensors, info)``: loaded when an earlier call finished it, else computed and stored."""
-        if self.done(key):
-            tensors, meta = load_tensors(self._path(key))
-            return tensors, json.loads(meta[_INFO])
+        """The unit's ``(tensors, info)``: loaded when an earlier call finished it, else computed and stored.
+        ``reuse`` rejects a stored unit that lacks what this call needs: it is computed again and
+        replaces the stored one, whose other tensors it keeps."""
+        stored = self.load(key)
+        if stored is not None and (reuse is None or reuse(stored[0])):
+            return stored
         tensors, info = compute()
+        if stored is not None:
+            tensors = {**stored[0], **tensors}
         if self.dir is not None:
             save_tensors(self._path(key), tensors, {_INFO: json.dumps(info)})
         return tensors, info

@@ -183,18 +183,20 @@ _AA_INFO = ("after_attack", "warnings", "seconds", "max_perturbation", "attacks"
 
 def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, gate: str,
                 batch_size: int, seed: int, budget: dict[str, int] | None, attacks: tuple[str, ...],
-                state: EvalState, key: str) -> AA.AutoAttackRun:
+                state: EvalState, key: str, keep_images: bool) -> AA.AutoAttackRun:
     """The official AutoAttack on ``batch_size`` images at a time (AutoAttack attacks a batch at a
-    time anyway), each slice a unit of ``state``, merged into one run."""
+    time anyway), each slice a unit of ``state``, merged into one run (its adversarial images only
+    with ``keep_images``)."""
     runs = []
     for i in range(0, len(y), batch_size):
         def compute(i: int = i) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             r = AA.run_autoattack(model, x[i:i + batch_size], y[i:i + batch_size], eps, norm, gate, batch_size, seed,
                                   budget, attacks=attacks)
-            return {"robust": r.robust, "x_adv": r.x_adv}, {f: getattr(r, f) for f in _AA_INFO}
+            kept = {"x_adv": r.x_adv} if keep_images else {}
+            return {"robust": r.robust, **kept}, {f: getattr(r, f) for f in _AA_INFO}
         t, info = state.unit(f"{key}-{i // batch_size:03d}", compute)
-        runs.append(AA.AutoAttackRun(gate, t["robust"], t["x_adv"].to(x.device),
-                                     **{**info, "attacks": tuple(info["attacks"])}))
+        x_adv = t["x_adv"].to(x.device) if keep_images else None
+        runs.append(AA.AutoAttackRun(gate, t["robust"], x_adv, **{**info, "attacks": tuple(info["attacks"])}))
     return AA.merge(runs)  # check_eval_args: at least one image
 
 
@@ -371,7 +373,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
     attacks: dict[str, Any] = {}
     aa_runs: list[AA.AutoAttackRun] = []
     # per clean-correct example: the adversarial example of the first attack that fooled it (else the
-    # first attack's), i.e. the suite's worst case, for the gate diagnostics
+    # first attack's), i.e. the suite's worst case, for the gate diagnostics. Only they read adversarial
+    # images, so only then does the state keep them; else a unit is per-example bits, small enough to
+    # travel with the published weights (``againzoo zoo build``)
+    keep_images = A.is_again(model)
     worst_x: torch.Tensor | None = None
     fooled = torch.zeros(len(idx), dtype=torch.bool)
     for k, spec in enumerate(specs):
@@ -379,9 +384,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
         key = f"{k:02d}-{spec.name}"
         if spec.kind == "autoattack":
             run = _autoattack(model, x, y, eps, norm, settings["gate"], batch_size, seed, aa_budget, spec.aa_attacks,
-                              state, key)
+                              state, key, keep_images)
             aa_runs.append(run)
-            ok, adv = run.robust[idx.cpu()], run.x_adv[idx]
+            ok, adv = run.robust[idx.cpu()], (run.x_adv[idx] if keep_images else None)
             settings.update(after_attack=run.after_attack, seconds=round(run.seconds, 2))
             bar.update(batches)
         else:
@@ -389,15 +394,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
             gen = torch.Generator(device=dev).manual_seed(seed + k)
             if state.done(key):
                 bar.update(batches)
-            done, _ = state.unit(key, lambda: (dict(zip(("ok", "adv"), _batched_attack(
-                model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1)))), {}))
-            ok, adv = done["ok"], done["adv"].to(dev)
-        if worst_x is None:
-            worst_x = adv.clone()
-        new = ~ok & ~fooled
-        if new.any():
-            worst_x[new.to(worst_x.device)] = adv[new.to(adv.device)].to(worst_x.device)
-        fooled |= ~ok
+
+            def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                ok, adv = _batched_attack(model, spec, xc, yc, eps, norm, batch_size, gen, lambda: bar.update(1))
+                return ({"ok": ok, "adv": adv} if keep_images else {"ok": ok}), {}
+            done, _ = state.unit(key, compute)
+            ok, adv = done["ok"], (done["adv"].to(dev) if keep_images else None)
+        if adv is not None:
+            if worst_x is None:
+                worst_x = adv.clone()
+            new = ~ok & ~fooled
+            if new.any():
+                worst_x[new.to(worst_x.device)] = adv[new.to(adv.device)].to(worst_x.device)
+            fooled |= ~ok
         correct[spec.name] = ok
         attacks[spec.name] = {"acc": float(ok.sum()) / n, "column": spec.column, "settings": settings}
     bar.close()

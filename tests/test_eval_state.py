@@ -67,6 +67,38 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(setting, 
     assert white == [] and aa_calls == [] and _comparable(again) == uninterrupted
 
 
+def test_a_plain_model_s_state_is_per_example_results_only_and_resumes_to_the_same_record(tiny_runs, digits_test,
+                                                                                            tmp_path, monkeypatch):
+    """Without a gate nothing reads the adversarial images, so its units keep none: a state small
+    enough to travel with the published weights between sessions (againzoo zoo build)."""
+    from againzoo.io import load_tensors
+
+    model = load_local(tiny_runs["plain"])
+    x, y = digits_test[0][:40], digits_test[1][:40]
+    uninterrupted = _comparable(evaluate(model, x, y, **KW))
+    real = AA.run_autoattack
+    calls = []
+
+    def dies_on_the_second_slice(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(AA, "run_autoattack", dies_on_the_second_slice)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, x, y, state_dir=tmp_path, **KW)
+    monkeypatch.setattr(AA, "run_autoattack", real)
+    (folder,) = tmp_path.iterdir()
+    units = sorted(folder.iterdir())
+    assert any("AA" in u.name for u in units) and any("PGD" in u.name for u in units)
+    for u in units:
+        tensors, _ = load_tensors(u)
+        assert all(t.dtype == torch.bool and t.dim() == 1 for t in tensors.values()), u.name
+    assert sum(u.stat().st_size for u in units) < 4096 * len(units)
+    assert _comparable(evaluate(model, x, y, state_dir=tmp_path, **KW)) == uninterrupted
+
+
 def test_state_of_another_setting_or_model_is_never_reused(setting, tmp_path):
     model, x, y, _ = setting
     quick = {**KW, "suite": "quick", "aa_iter": 3, "n_targets": 2, "aa_budget": None, "checks": False}
