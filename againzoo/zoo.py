@@ -73,11 +73,15 @@ ENTRIES = {
                                        arch="resnet18_cifar", tag="w16_cpu_cifar10"),
     "again_resnet18_w16_cpu": ZooEntry("again_resnet18_w16_cpu", "cifar10_resnet18w16_again_cpu",
                                        arch="again_resnet18", tag="w16_cpu_cifar10"),
+    # the CPU tier's wider twin (width 32: larger margins for its int8 export, 3x the cost per image)
+    "resnet18_cifar_w32_cpu": ZooEntry("resnet18_cifar_w32_cpu", "cifar10_resnet18w32_cpu",
+                                       arch="resnet18_cifar", tag="w32_cpu_cifar10"),
 }
 # a tier: the entries built together, with the same epochs, and each one's training budget (minutes)
 TIERS = {"gpu": (("resnet18_cifar", "again_resnet18"), None),
          "cpu": (("resnet18_cifar_w16_cpu", "again_resnet18_w16_cpu"), 60.0)}
 BUILD = "build.json"  # zoo/<id>/build.json: how the published weights were made, and how far the build got
+EVAL_STATE = "eval_state"  # zoo/<id>/eval_state/: a plain model's unfinished evaluation (per-example results)
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_497}
 # Forward-backward passes per evaluated image of the paper suite (n images, ~80% clean-correct,
 # ~45% robust): our PGD-10/20/50/100, C&W-30 and non-adaptive PGD-20 on the clean-correct images plus
@@ -363,10 +367,14 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             record["eval_s"] = 0.0
         else:
             te = time.time()
-            # finished attacks are kept in the work dir: an evaluation stopped part-way continues
+            # finished attacks are kept, so an evaluation stopped part-way continues. A model without a gate
+            # keeps per-example results only (kilobytes): beside its published weights, so that a later
+            # session or another machine continues from the zoo folder alone; a gated model's state holds
+            # adversarial images (its gate diagnostics read them) and stays in the work dir
+            state_dir = work_dir / entry.id / "eval_state" if p.recipe.model.again.enabled else target / EVAL_STATE
             result, _ = evaluate_checkpoint(str(target), suite, data_dir, n_examples, device=device,
                                             progress=progress, batch_size=eval_batch_size,
-                                            state_dir=work_dir / entry.id / "eval_state", **(eval_kw or {}))
+                                            state_dir=state_dir, **(eval_kw or {}))
             record["eval_s"] = round(time.time() - te, 1)
             done.update(evaluated_sha256=done["sha256"], eval_minutes=round(record["eval_s"] / 60, 1), suite=suite,
                         n_examples=n_examples)
@@ -374,6 +382,7 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             if p.eval_s_est:
                 slow["eval"] = max(slow["eval"], record["eval_s"] / p.eval_s_est)
                 slow["train"] = max(slow["train"], record["train_s"] / (p.epochs * p.epoch_s_est) or 1.0)
+        shutil.rmtree(target / EVAL_STATE, ignore_errors=True)  # the evaluation is recorded: its state is spent
         bar.update(1)
         recipe = p.recipe
         digest = sha256_of(weights)
@@ -407,6 +416,7 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
 
 
 DEPLOYED = "deployed.json"  # zoo/<id>/deployed.json: the robustness of its ONNX exports, measured on the files
+DEPLOYED_STATE = "deployed_state"  # zoo/<id>/deployed_state/: an unfinished deployed evaluation (bits)
 
 
 def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8", "fp16"),
@@ -414,42 +424,51 @@ def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8
                       aa_budget: dict[str, int] | None = None, progress: bool = True,
                       state_dir: str | Path | None = None) -> dict[str, Any]:
     """Export a published model at each precision (verified; the files go to a temporary folder, never
-    into git), evaluate each file as deployed (:func:`againzoo.onnx_eval.evaluate_onnx`) and write the
-    summaries to ``<folder>/deployed.json``, named by the weights' sha256; regenerated cards show them.
+    into git), evaluate the files as deployed (:func:`againzoo.onnx_eval.evaluate_onnx_files`: each
+    transfer attack crafted once, applied to every file) and write the summaries to
+    ``<folder>/deployed.json``, named by the weights' sha256; regenerated cards show them.
     A precision whose file fails its verification is recorded as refused, with the figures that refused
     it, and the others go on: the record says which files a user can deploy and why the others are not.
-    The transfer attacks are crafted once on the weights for every file; with ``state_dir`` every
-    finished attack and Square run is kept there, and the same call after an interruption continues."""
+    Every finished slice of an attack's per-file results and of a Square run is kept in ``state_dir``
+    (default ``<folder>/deployed_state/``, removed once ``deployed.json`` is written): bits, kilobytes,
+    so the same call after an interruption, or in another session from a committed state, continues."""
     import tempfile
 
     from .integrity import WEIGHTS_KEY
     from .onnx import export_checkpoint
-    from .onnx_eval import evaluate_onnx
+    from .onnx_eval import evaluate_onnx_files
     from . import onnx_precision as P
 
     folder = Path(folder)
     digest = sha256_of(folder / WEIGHTS)
+    state = Path(state_dir) if state_dir is not None else folder / DEPLOYED_STATE
     records: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="againzoo-deploy-") as tmp:
-        state = state_dir or Path(tmp) / "state"  # shared by the files: each attack is crafted once
+        written: dict[str, tuple[Path, dict[str, Any]]] = {}
         for precision in precisions:
             path = Path(tmp) / f"model_{precision}.onnx"
             try:
-                report = export_checkpoint(str(folder), path, data_dir=data_dir, precision=precision,
-                                           n_examples=n_examples)
+                written[precision] = path, export_checkpoint(str(folder), path, data_dir=data_dir,
+                                                             precision=precision, n_examples=n_examples)
             except P.PrecisionError as e:
                 records[precision] = {"refused": str(e), "verification": e.figures,
                                       "rule": {"min_agreement": P.MIN_AGREEMENT, "max_clean_drop": P.MAX_CLEAN_DROP}}
-                continue
-            r = evaluate_onnx(path, str(folder), suite, data_dir, n_examples, queries, aa_budget=aa_budget,
-                              output=Path(tmp) / f"{precision}.eval.json", progress=progress, state_dir=state)
-            records[precision] = {k: r[k] for k in ("file_sha256", "clean_acc", "columns", "worst_case_acc",
-                                                    "worst_case_ci95", "square_queries", "suite", "data", "seconds",
-                                                    "budget", "date")}
-            records[precision]["file_mb"] = round(path.stat().st_size / 2**20, 2)
-            records[precision]["verification"] = report.get("precision_check")
+        if written:
+            evaluated = evaluate_onnx_files([path for path, _ in written.values()], str(folder), suite, data_dir,
+                                            n_examples, queries, aa_budget=aa_budget,
+                                            outputs=[Path(tmp) / f"{p}.eval.json" for p in written],
+                                            progress=progress, state_dir=state)
+            for (precision, (path, report)), r in zip(written.items(), evaluated):
+                records[precision] = {k: r[k] for k in ("file_sha256", "clean_acc", "columns", "worst_case_acc",
+                                                        "worst_case_ci95", "square_queries", "suite", "data",
+                                                        "seconds", "budget", "date")}
+                records[precision]["file_mb"] = round(path.stat().st_size / 2**20, 2)
+                records[precision]["verification"] = report.get("precision_check")
+    records = {p: records[p] for p in precisions}  # in the order asked
     out = {WEIGHTS_KEY: digest, "records": records}
     atomic_write_json(folder / DEPLOYED, out)
+    if state_dir is None:
+        shutil.rmtree(state, ignore_errors=True)  # recorded: the default state is spent
     return out
 
 

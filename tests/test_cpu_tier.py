@@ -262,6 +262,43 @@ def test_a_collapsed_run_is_never_published(tmp_path, monkeypatch):
     assert not (tmp_path / "zoo" / "resnet18_cifar_w8_cpu-digits").exists() and not (tmp_path / "registry.json").exists()
 
 
+@pytest.mark.slow
+def test_a_plain_model_s_evaluation_continues_from_the_zoo_folder_alone(tmp_path, monkeypatch):
+    """A build stopped in a plain model's evaluation keeps that evaluation's finished attacks beside the
+    published weights as per-example results (kilobytes), so a later session with the zoo folder but
+    no work dir (a fresh checkout) continues it instead of starting over; the state goes once recorded."""
+    import shutil
+
+    from againzoo import autoattack as AA
+    from againzoo import evaluation, zoo
+    from againzoo.io import load_tensors
+
+    monkeypatch.setenv("AGAINZOO_REGISTRY", str(tmp_path / "registry.json"))
+    kw = dict(entries=[zoo.ZooEntry("resnet18_cifar_w8_cpu", "quickstart", ("model.again.enabled=false",))],
+              zoo_dir=tmp_path / "zoo", card=tmp_path / "CARD.md", work_dir=tmp_path / "runs",
+              overrides=[*TINY_RUN, "epochs=1"], n_examples=24, progress=False, eval_kw=TINY_EVAL)
+
+    class Stop(Exception):
+        pass
+
+    real_aa = AA.run_autoattack
+    monkeypatch.setattr(AA, "run_autoattack", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):  # our attacks finished, then the process "dies" in AutoAttack
+        zoo.build(**kw)
+    folder = tmp_path / "zoo" / "resnet18_cifar_w8_cpu-digits"
+    units = list((folder / zoo.EVAL_STATE).glob("*/*.safetensors"))
+    assert units and all(t.dtype == torch.bool for u in units for t in load_tensors(u)[0].values())
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: only what was committed, the zoo folder
+    monkeypatch.setattr(AA, "run_autoattack", real_aa)
+    ran = []
+    real_batched = evaluation._batched_attack
+    monkeypatch.setattr(evaluation, "_batched_attack", lambda m, spec, *a: ran.append(spec.name) or real_batched(m, spec, *a))
+    m = zoo.build(**kw)
+    ev = json.loads((folder / "eval.json").read_text())
+    assert "AA" in ev["columns"] and not any(name in ran for name in ev["attacks"])
+    assert m["entries"][0]["train_s"] == 0.0 and not (folder / zoo.EVAL_STATE).exists()
+
+
 def test_cpu_name_comes_from_cpuinfo(monkeypatch):
     monkeypatch.setattr(cpu, "_cpuinfo", lambda key: {"model name": "AMD EPYC 7B13"}.get(key, ""))
     assert cpu.cpu_name() == "AMD EPYC 7B13"
