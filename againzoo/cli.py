@@ -509,9 +509,12 @@ def zoo_deployed(
     queries: int = typer.Option(5000, "--queries", help="Square queries against each file"),
     aa_budget: Optional[str] = typer.Option(None, "--aa-budget", help=AA_BUDGET_HELP),
     quiet: bool = QUIET_OPTION,
-    state_dir: Optional[Path] = STATE_DIR_OPTION,
+    state_dir: Optional[Path] = typer.Option(None, *VOCABULARY["state_dir"], help="keep each finished attack here "
+                                             "(default: zoo/<id>/deployed_state/, one bit per image: commit it to "
+                                             "continue in another session; removed once deployed.json is written)"),
 ) -> None:
-    """Export published models at each precision and measure the robustness of the files (zoo/<id>/deployed.json)."""
+    """Export published models at each precision and measure the robustness of the files (zoo/<id>/deployed.json).
+    Called again after an interruption, it continues where it stopped."""
     require_extra("onnx", ("onnx", "onnxscript", "onnxruntime"))
     from .zoo import evaluate_deployed, folder_name, regenerate_card
 

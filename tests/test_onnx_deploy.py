@@ -127,6 +127,42 @@ def test_onnx_evaluation_state_crafts_each_attack_once_and_resumes(tiny_runs, tm
     assert second["per_example"] == first["per_example"] and second["columns"] == first["columns"]
 
 
+def test_files_of_one_checkpoint_share_each_crafted_attack_and_keep_only_bits(tiny_runs, tmp_path, monkeypatch):
+    """``zoo deployed`` evaluates a checkpoint's files together: each transfer attack is crafted once for
+    all of them, the state keeps one bit per image and file (no adversarial images: kilobytes that can
+    be committed and continued in another session), and a file the state has no result of makes the
+    attack be crafted again, keeping the other files' results."""
+    import againzoo.autoattack as AA
+    import againzoo.evaluation as E
+    from againzoo.io import load_tensors
+    from againzoo.onnx_eval import evaluate_onnx, evaluate_onnx_files
+
+    files = {p: tmp_path / f"m_{p}.onnx" for p in ("fp32", "fp16")}
+    for p, out in files.items():
+        assert CliRunner().invoke(app, ["export", str(tiny_runs["plain"]), "-o", str(out), "--precision", p,
+                                        "-n", "100"]).exit_code == 0
+    kw = dict(n_examples=8, queries=4, aa_budget={"n_iter": 2, "n_targets": 1, "n_queries": 4}, progress=False)
+    crafted = []
+    real_attack, real_aa = E.run_attack, AA.run_autoattack
+    monkeypatch.setattr(E, "run_attack", lambda spec, *a: crafted.append(spec.name) or real_attack(spec, *a))
+    monkeypatch.setattr(AA, "run_autoattack", lambda *a, **k: crafted.append("AA") or real_aa(*a, **k))
+    state = tmp_path / "state"
+    alone = evaluate_onnx(files["fp32"], str(tiny_runs["plain"]), output=tmp_path / "alone.json", state_dir=state, **kw)
+    n_attacks = len(crafted)
+    assert n_attacks == sum(c.startswith("transfer") for c in alone["columns"])
+    crafted.clear()
+    both = evaluate_onnx_files(list(files.values()), str(tiny_runs["plain"]), state_dir=state,
+                               outputs=[tmp_path / "a.json", tmp_path / "b.json"], **kw)
+    assert len(crafted) == n_attacks  # the fp16 file was new: each attack crafted once more, for both files
+    assert both[0]["per_example"] == alone["per_example"] and [r["precision"] for r in both] == ["fp32", "fp16"]
+    crafted.clear()
+    again = evaluate_onnx(files["fp16"], str(tiny_runs["plain"]), output=tmp_path / "c.json", state_dir=state, **kw)
+    assert crafted == [] and again["per_example"] == both[1]["per_example"]
+    units = list(state.rglob("*.safetensors"))
+    assert all(t.dtype == torch.bool and t.dim() == 1 for u in units for t in load_tensors(u)[0].values())
+    assert sum(u.stat().st_size for u in units) < 2048 * len(units)
+
+
 def test_onnx_evaluation_refuses_another_checkpoint(tiny_runs, tmp_path):
     out = tmp_path / "m.onnx"
     assert CliRunner().invoke(app, ["export", str(tiny_runs["again"]), "-o", str(out)]).exit_code == 0
@@ -191,6 +227,8 @@ def test_zoo_deployed_records_a_refused_precision_with_its_figures(tiny_runs, tm
     record = json.loads((zoo / "tiny_again-digits" / "deployed.json").read_text())["records"]["int8"]
     assert "at least 150% required" in record["refused"] and "file_mb" not in record
     assert record["verification"]["n"] == 100 and 0 < record["verification"]["top1_agreement"] <= 1
+    v = record["verification"]  # every disagreement lies within the widest flipped margin, so its share covers them
+    assert v["flipped_max_margin"] >= 0 and v["near_tie_share"] >= 1 - v["top1_agreement"] - 1e-9
     card = (tmp_path / "CARD.md").read_text()
     row = next(line for line in card.splitlines() if line.startswith("| int8 |"))
     assert "not written" in row and "refused by the export's check (at least 150% agreement" in row
@@ -214,5 +252,6 @@ def test_zoo_deployed_records_each_precision_and_the_card_shows_them(tiny_runs, 
     card = (tmp_path / "CARD.md").read_text()
     assert "Deployed as ONNX" in card and "| int8 |" in card and "| fp32 |" in card and "exact (parity)" in card
     assert not list(zoo.rglob("*.onnx"))  # the exports never land in the zoo folder
+    assert not (zoo / "tiny_again-digits" / "deployed_state").exists()  # the finished evaluation's state is spent
     res = CliRunner().invoke(app, ["zoo", "deployed", "nothing_here", "--zoo-dir", str(zoo)])
     assert res.exit_code == 2 and "holds no published model" in res.output
