@@ -57,24 +57,25 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(np.concatenate(out)).to(x.device) if out else torch.zeros(0, 10)
 
 
-def _source(onnx: OnnxModel, source: str | None) -> tuple[nn.Module, Path, str]:
-    """The checkpoint the file was exported from: ``source``, checked against the file's recorded sha256;
-    returns the model, its weights' folder and their sha256."""
+def _source(files: list[OnnxModel], source: str | None) -> tuple[nn.Module, Path, str]:
+    """The checkpoint the files were exported from: ``source``, checked against each file's recorded
+    sha256; returns the model, its weights' folder and their sha256."""
     from .checkpoint import WEIGHTS
     from .pretrained import from_pretrained
 
     if source is None:
-        raise ConfigError(f"evaluating {onnx.path} needs the checkpoint it was exported from (--checkpoint DIR): the "
-                          f"transfer attacks are crafted on it")
+        raise ConfigError(f"evaluating {files[0].path} needs the checkpoint it was exported from (--checkpoint DIR): "
+                          f"the transfer attacks are crafted on it")
     path = Path(source)
     if path.is_dir() and (path / "best" / "config.json").exists():
         path = path / "best"
     model, wdir = from_pretrained(str(path), return_dir=True)
-    recorded = onnx.metadata.get(WEIGHTS_KEY)
     actual = sha256_of(wdir / WEIGHTS)
-    if recorded is not None and recorded != actual:
-        raise CheckpointError(f"{onnx.path} was exported from weights with sha256 {recorded[:16]}..., but {wdir} "
-                              f"holds {actual[:16]}...: give the checkpoint it was exported from")
+    for onnx in files:
+        recorded = onnx.metadata.get(WEIGHTS_KEY)
+        if recorded is not None and recorded != actual:
+            raise CheckpointError(f"{onnx.path} was exported from weights with sha256 {recorded[:16]}..., but {wdir} "
+                                  f"holds {actual[:16]}...: give the checkpoint it was exported from")
     return model.eval(), wdir, actual
 
 
@@ -123,9 +124,7 @@ def evaluate_onnx_files(paths: list[str | Path], source: str | None, suite: str 
             raise CheckpointError(f"ONNX file not found: {path}")
     t0 = time.time()
     files = [OnnxModel(path) for path in paths]
-    model, wdir, digest = _source(files[0], source)
-    for f in files[1:]:
-        _source_matches(f, wdir, digest)
+    model, wdir, digest = _source(files, source)
     shas = [sha256_of(path) for path in paths]
     tags = [f"file-{sha[:16]}" for sha in shas]
     config = json.loads((wdir / "config.json").read_text())
@@ -194,14 +193,6 @@ def evaluate_onnx_files(paths: list[str | Path], source: str | None, suite: str 
         atomic_write_json(target, record)
         record["written"] = str(target)
     return records
-
-
-def _source_matches(onnx: OnnxModel, wdir: Path, digest: str) -> None:
-    """Every file of one evaluation was exported from the same weights."""
-    recorded = onnx.metadata.get(WEIGHTS_KEY)
-    if recorded is not None and recorded != digest:
-        raise CheckpointError(f"{onnx.path} was exported from weights with sha256 {recorded[:16]}..., but {wdir} "
-                              f"holds {digest[:16]}...: evaluate files of one checkpoint together")
 
 
 def _record(onnx: OnnxModel, path: str | Path, file_sha: str, wdir: Path, digest: str, suite: str, eps: float,

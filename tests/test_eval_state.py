@@ -22,6 +22,18 @@ def _comparable(r):
     return {**r, "attacks": attacks, "autoattack": aa, "runtime": None}
 
 
+def _dies_on_call(n, real):
+    """``real`` until its ``n``-th call, which "dies" (KeyboardInterrupt) as a kill -9 would."""
+    calls = []
+
+    def run(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    return run
+
+
 @pytest.fixture(scope="module")
 def setting(tiny_runs, digits_test):
     model = load_local(tiny_runs["again"])
@@ -32,15 +44,7 @@ def setting(tiny_runs, digits_test):
 def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(setting, tmp_path, monkeypatch):
     model, x, y, uninterrupted = setting
     real = AA.run_autoattack
-    calls = []
-
-    def dies_on_the_third_slice(*a, **k):  # kill -9 in the middle of the first AutoAttack run
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(AA, "run_autoattack", dies_on_the_third_slice)
+    monkeypatch.setattr(AA, "run_autoattack", _dies_on_call(3, real))  # kill -9 in the first AutoAttack run
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, x, y, state_dir=tmp_path, **KW)
     (folder,) = tmp_path.iterdir()
@@ -77,15 +81,7 @@ def test_a_plain_model_s_state_is_per_example_results_only_and_resumes_to_the_sa
     x, y = digits_test[0][:40], digits_test[1][:40]
     uninterrupted = _comparable(evaluate(model, x, y, **KW))
     real = AA.run_autoattack
-    calls = []
-
-    def dies_on_the_second_slice(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(AA, "run_autoattack", dies_on_the_second_slice)
+    monkeypatch.setattr(AA, "run_autoattack", _dies_on_call(2, real))
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, x, y, state_dir=tmp_path, **KW)
     monkeypatch.setattr(AA, "run_autoattack", real)
