@@ -16,7 +16,8 @@ The units of one evaluation live in ``<state_dir>/<fingerprint>/``, one safetens
 (tensors, plus a JSON description in the metadata), written atomically: a unit is whole or absent.
 The fingerprint hashes everything the results depend on (the model's parameters and buffers, the
 images and labels, the suite, its budgets and the package version), so units of another model or
-setting are never reused.
+setting are never reused. Each unit also records the seconds it took, so the record of an
+evaluation that spanned several calls can state what the whole of it cost (:meth:`EvalState.cost`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +34,7 @@ import torch
 from .io import load_tensors, save_tensors, writable_dir
 
 _INFO = "againzoo.eval_unit"  # the metadata key of a unit's JSON description
+_SECONDS = "againzoo.eval_unit_seconds"  # ... and of the seconds its computation took
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -56,6 +59,8 @@ class EvalState:
 
     def __init__(self, root: str | Path | None, digest: str = "") -> None:
         self.dir = None if root is None else writable_dir(Path(root) / digest[:16])
+        self.computed = self.reused = 0
+        self._earlier: list[float | None] = []  # the recorded seconds of each reused unit (None: not recorded)
 
     def _path(self, key: str) -> Path:
         assert self.dir is not None
@@ -67,10 +72,15 @@ class EvalState:
 
     def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The unit's ``(tensors, info)`` when an earlier call finished it, else None."""
+        stored = self._read(key)
+        return None if stored is None else stored[:2]
+
+    def _read(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], float | None] | None:
+        """``(tensors, info, seconds it took)`` of a finished unit (seconds None where not recorded)."""
         if not self.done(key):
             return None
         tensors, meta = load_tensors(self._path(key))
-        return tensors, json.loads(meta[_INFO])
+        return tensors, json.loads(meta[_INFO]), float(meta[_SECONDS]) if _SECONDS in meta else None
 
     def unit(self, key: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
              reuse: Callable[[dict[str, torch.Tensor]], bool] | None = None
@@ -78,12 +88,26 @@ class EvalState:
         """The unit's ``(tensors, info)``: loaded when an earlier call finished it, else computed and stored.
         ``reuse`` rejects a stored unit that lacks what this call needs: it is computed again and
         replaces the stored one, whose other tensors it keeps."""
-        stored = self.load(key)
+        stored = self._read(key)
         if stored is not None and (reuse is None or reuse(stored[0])):
-            return stored
+            self.reused += 1
+            self._earlier.append(stored[2])
+            return stored[0], stored[1]
+        t0 = time.time()
         tensors, info = compute()
+        seconds = time.time() - t0
+        self.computed += 1
         if stored is not None:
             tensors = {**stored[0], **tensors}
         if self.dir is not None:
-            save_tensors(self._path(key), tensors, {_INFO: json.dumps(info)})
+            save_tensors(self._path(key), tensors, {_INFO: json.dumps(info), _SECONDS: f"{seconds:.2f}"})
         return tensors, info
+
+    def cost(self, seconds: float) -> dict[str, Any]:
+        """What an evaluation that took ``seconds`` in this call cost in all: how many of its units this
+        call computed and how many it reused from earlier calls, and, where every reused unit recorded
+        its seconds, the total over all calls (this call's plus the reused units')."""
+        out: dict[str, Any] = {"units_computed": self.computed, "units_reused": self.reused}
+        if self.reused and all(s is not None for s in self._earlier):
+            out["seconds_all_calls"] = round(seconds + sum(s for s in self._earlier if s is not None), 2)
+        return out

@@ -477,7 +477,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str = "q
                  for r in aa_runs},
         "column": "per-example worst case of the runs" if len(aa_runs) > 1 else "the run"}
     result["reference"] = reference
-    result["runtime"] = {"seconds": round(time.time() - t0, 2), "device": str(dev),
+    seconds = time.time() - t0
+    result["runtime"] = {"seconds": round(seconds, 2), **state.cost(seconds), "device": str(dev),
                          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
                          "precision": "fp32", "seed": seed, "batch_size": batch_size,
                          "againzoo_version": __version__, "torch": torch.__version__,

@@ -187,7 +187,8 @@ def evaluate_onnx_files(paths: list[str | Path], source: str | None, suite: str 
         worst[j] &= square
     seconds = round(time.time() - t0, 1)  # of the files' evaluation together: the crafting is shared
     records = [_record(f, path, sha, wdir, digest, suite, eps, data, columns[i], worst[i], bits[i], queries,
-                       aa_budget, seconds) for i, (f, path, sha) in enumerate(zip(files, paths, shas))]
+                       aa_budget, seconds, state.cost(seconds))
+               for i, (f, path, sha) in enumerate(zip(files, paths, shas))]
     for i, record in enumerate(records):
         target = Path(outputs[i]) if outputs is not None else Path(paths[i]).with_suffix(".eval.json")
         atomic_write_json(target, record)
@@ -197,8 +198,9 @@ def evaluate_onnx_files(paths: list[str | Path], source: str | None, suite: str 
 
 def _record(onnx: OnnxModel, path: str | Path, file_sha: str, wdir: Path, digest: str, suite: str, eps: float,
             data: dict[str, Any], columns: dict[str, float], worst: torch.Tensor, bits: dict[str, str], queries: int,
-            aa_budget: dict[str, int] | None, seconds: float) -> dict[str, Any]:
-    """One file's record, with its source's own record beside it when the weights match."""
+            aa_budget: dict[str, int] | None, seconds: float, cost: dict[str, Any]) -> dict[str, Any]:
+    """One file's record, with its source's own record beside it when the weights match; ``cost``
+    (:meth:`EvalState.cost`) says how much of the evaluation earlier calls did."""
     from .stats import to_bits, wilson
 
     n = len(worst)
@@ -209,7 +211,7 @@ def _record(onnx: OnnxModel, path: str | Path, file_sha: str, wdir: Path, digest
         "norm": "Linf", "data": data, "clean_acc": columns["Clean"], "columns": columns,
         "worst_case_acc": float(worst.float().mean()), "worst_case_ci95": [lo, hi],
         "per_example": {**bits, "worst_case": to_bits(worst)},
-        "square_queries": queries, "budget": aa_budget or "standard", "seconds": seconds,
+        "square_queries": queries, "budget": aa_budget or "standard", "seconds": seconds, "cost": cost,
         "date": time.strftime("%Y-%m-%d"),
         "meaning": "transfer attacks are crafted on the source checkpoint in PyTorch and applied to the file; Square "
                    "queries the file itself; the worst case is per example over all of them (an upper bound of a "

@@ -378,6 +378,8 @@ def build(ids: list[str] | None = None, entries: list[ZooEntry] | None = None, *
             record["eval_s"] = round(time.time() - te, 1)
             done.update(evaluated_sha256=done["sha256"], eval_minutes=round(record["eval_s"] / 60, 1), suite=suite,
                         n_examples=n_examples)
+            if "seconds_all_calls" in result["runtime"]:  # continued from units that earlier calls computed
+                done["eval_minutes_all_calls"] = round(result["runtime"]["seconds_all_calls"] / 60, 1)
             atomic_write_json(target / BUILD, done)
             if p.eval_s_est:
                 slow["eval"] = max(slow["eval"], record["eval_s"] / p.eval_s_est)
@@ -451,7 +453,7 @@ def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8
                 written[precision] = path, export_checkpoint(str(folder), path, data_dir=data_dir,
                                                              precision=precision, n_examples=n_examples)
             except P.PrecisionError as e:
-                records[precision] = {"refused": str(e), "verification": e.figures,
+                records[precision] = {"refused": str(e).replace(str(path), str(folder)), "verification": e.figures,
                                       "rule": {"min_agreement": P.MIN_AGREEMENT, "max_clean_drop": P.MAX_CLEAN_DROP}}
         if written:
             evaluated = evaluate_onnx_files([path for path, _ in written.values()], str(folder), suite, data_dir,
@@ -461,7 +463,7 @@ def evaluate_deployed(folder: Path, precisions: tuple[str, ...] = ("fp32", "int8
             for (precision, (path, report)), r in zip(written.items(), evaluated):
                 records[precision] = {k: r[k] for k in ("file_sha256", "clean_acc", "columns", "worst_case_acc",
                                                         "worst_case_ci95", "square_queries", "suite", "data",
-                                                        "seconds", "budget", "date")}
+                                                        "seconds", "cost", "budget", "date")}
                 records[precision]["file_mb"] = round(path.stat().st_size / 2**20, 2)
                 records[precision]["verification"] = report.get("precision_check")
     records = {p: records[p] for p in precisions}  # in the order asked

@@ -297,6 +297,8 @@ def test_a_plain_model_s_evaluation_continues_from_the_zoo_folder_alone(tmp_path
     ev = json.loads((folder / "eval.json").read_text())
     assert "AA" in ev["columns"] and not any(name in ran for name in ev["attacks"])
     assert m["entries"][0]["train_s"] == 0.0 and not (folder / zoo.EVAL_STATE).exists()
+    build = json.loads((folder / zoo.BUILD).read_text())  # the evaluation's minutes over both calls, not this one's
+    assert ev["runtime"]["units_reused"] == len(units) and build["eval_minutes_all_calls"] >= build["eval_minutes"]
 
 
 def test_cpu_name_comes_from_cpuinfo(monkeypatch):

@@ -64,11 +64,34 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(setting, 
     assert not any(name in white for name in resumed["attacks"])
     assert len(aa_calls) == 2 * 3 - 2
     assert _comparable(resumed) == uninterrupted
+    # the record says how much earlier calls did, and what the evaluation cost over all calls
+    cost = resumed["runtime"]
+    assert cost["units_reused"] == len(done) and cost["units_computed"] == len(list(folder.iterdir())) - len(done)
+    assert cost["seconds_all_calls"] >= cost["seconds"]
 
-    # a third call computes nothing at all and still gives the same record
+    # a third call computes nothing at all and still gives the same record, and the cost of all calls
     white.clear(), aa_calls.clear()
     again = evaluate(model, x, y, state_dir=tmp_path, **KW)
     assert white == [] and aa_calls == [] and _comparable(again) == uninterrupted
+    assert again["runtime"]["units_computed"] == 0 and again["runtime"]["units_reused"] == len(list(folder.iterdir()))
+    assert again["runtime"]["seconds_all_calls"] >= cost["seconds_all_calls"] - cost["seconds"]
+
+
+def test_a_state_from_before_units_recorded_their_seconds_claims_no_total(tmp_path):
+    """Units written without their seconds (an older state) are reused, but the record then gives no
+    total over all calls rather than an understated one."""
+    from againzoo.eval_state import EvalState
+    from againzoo.io import save_tensors
+
+    old = EvalState(tmp_path, "f" * 16)
+    save_tensors(old._path("a"), {"ok": torch.ones(3, dtype=torch.bool)}, {"againzoo.eval_unit": "{}"})
+    state = EvalState(tmp_path, "f" * 16)
+    state.unit("a", lambda: pytest.fail("a finished unit is computed again"))
+    state.unit("b", lambda: ({"ok": torch.zeros(3, dtype=torch.bool)}, {}))
+    assert state.cost(5.0) == {"units_computed": 1, "units_reused": 1}
+    fresh = EvalState(tmp_path, "f" * 16)
+    fresh.unit("b", lambda: pytest.fail("a finished unit is computed again"))
+    assert fresh.cost(1.0)["seconds_all_calls"] >= 1.0 and fresh.cost(1.0)["units_reused"] == 1
 
 
 def test_a_plain_model_s_state_is_per_example_results_only_and_resumes_to_the_same_record(tiny_runs, digits_test,

@@ -158,6 +158,8 @@ def test_files_of_one_checkpoint_share_each_crafted_attack_and_keep_only_bits(ti
     crafted.clear()
     again = evaluate_onnx(files["fp16"], str(tiny_runs["plain"]), output=tmp_path / "c.json", state_dir=state, **kw)
     assert crafted == [] and again["per_example"] == both[1]["per_example"]
+    assert again["cost"]["units_computed"] == 0 and again["cost"]["units_reused"] > 0  # all from earlier calls
+    assert again["cost"]["seconds_all_calls"] >= again["seconds"]
     units = list(state.rglob("*.safetensors"))
     assert all(t.dtype == torch.bool and t.dim() == 1 for u in units for t in load_tensors(u)[0].values())
     assert sum(u.stat().st_size for u in units) < 2048 * len(units)
@@ -226,6 +228,7 @@ def test_zoo_deployed_records_a_refused_precision_with_its_figures(tiny_runs, tm
     assert "tiny_again int8: REFUSED (the int8 file for" in res.output
     record = json.loads((zoo / "tiny_again-digits" / "deployed.json").read_text())["records"]["int8"]
     assert "at least 150% required" in record["refused"] and "file_mb" not in record
+    assert f"the int8 file for {zoo / 'tiny_again-digits'} was not written" in record["refused"]  # not a temp path
     assert record["verification"]["n"] == 100 and 0 < record["verification"]["top1_agreement"] <= 1
     v = record["verification"]  # every disagreement lies within the widest flipped margin, so its share covers them
     assert v["flipped_max_margin"] >= 0 and v["near_tie_share"] >= 1 - v["top1_agreement"] - 1e-9
