@@ -47,37 +47,36 @@ def again_resnet18(pretrained=False, num_classes=None, dataset=None, **kwargs):
     return _entry("again_resnet18", pretrained, num_classes, dataset, kwargs)
 
 
+def _plain(name, pretrained, num_classes, dataset, kwargs, **arch):
+    """A plain (no AGAIN) CIFAR ResNet-18 entry: the registry's weights, or timm's builder untrained."""
+    if pretrained:
+        return _entry(name, pretrained, num_classes, dataset, kwargs)
+    import timm
+
+    return timm.create_model("resnet18_cifar", num_classes=_check(num_classes, dataset)[0], **arch, **kwargs)
+
+
 def resnet18_cifar(pretrained=False, num_classes=None, dataset=None, **kwargs):
     """Plain ResNet-18 (CIFAR stem), no AGAIN: the zoo's PGD-AT baseline twin of again_resnet18
     (recipe cifar10_resnet18_pgd_at_zoo, identical but for AGAIN). Metrics: MODEL_CARD.md.
     """
-    if pretrained:
-        return _entry("resnet18_cifar", pretrained, num_classes, dataset, kwargs)
-    import timm
-
-    return timm.create_model("resnet18_cifar", num_classes=_check(num_classes, dataset)[0], **kwargs)
+    return _plain("resnet18_cifar", pretrained, num_classes, dataset, kwargs)
 
 
 def resnet18_cifar_w16_cpu(pretrained=False, num_classes=None, dataset=None, **kwargs):
     """The CPU tier's plain ResNet-18 (width 16, 0.7 M parameters): PGD-2 adversarial training with weight
-    averaging on a 2-core CPU (recipe cifar10_resnet18w16_cpu), the twin of again_resnet18_w16_cpu. Metrics: MODEL_CARD.md.
+    averaging on a 2-core CPU (recipe cifar10_resnet18w16_cpu), the twin of again_resnet18_w16_cpu.
+    Metrics: MODEL_CARD.md.
     """
-    if pretrained:
-        return _entry("resnet18_cifar_w16_cpu", pretrained, num_classes, dataset, kwargs)
-    import timm
-
-    return timm.create_model("resnet18_cifar", width=16, num_classes=_check(num_classes, dataset)[0], **kwargs)
+    return _plain("resnet18_cifar_w16_cpu", pretrained, num_classes, dataset, kwargs, width=16)
 
 
 def resnet18_cifar_w32_cpu(pretrained=False, num_classes=None, dataset=None, **kwargs):
-    """The CPU tier's plain ResNet-18 at width 32 (2.8 M parameters): the width-16 twin's recipe (PGD-2, weight
-    averaging) at twice the width, 7 epochs in bf16 on a 2-core CPU (recipe cifar10_resnet18w32_cpu). Metrics: MODEL_CARD.md.
+    """The CPU tier's plain ResNet-18 at width 32 (2.8 M parameters): the width-16 twin's recipe (PGD-2,
+    weight averaging) at twice the width, 7 epochs in bf16 on a 2-core CPU (recipe cifar10_resnet18w32_cpu).
+    Metrics: MODEL_CARD.md.
     """
-    if pretrained:
-        return _entry("resnet18_cifar_w32_cpu", pretrained, num_classes, dataset, kwargs)
-    import timm
-
-    return timm.create_model("resnet18_cifar", width=32, num_classes=_check(num_classes, dataset)[0], **kwargs)
+    return _plain("resnet18_cifar_w32_cpu", pretrained, num_classes, dataset, kwargs, width=32)
 
 
 def again_resnet18_w16_cpu(pretrained=False, num_classes=None, dataset=None, **kwargs):

@@ -60,7 +60,7 @@ class EvalState:
     def __init__(self, root: str | Path | None, digest: str = "") -> None:
         self.dir = None if root is None else writable_dir(Path(root) / digest[:16])
         self.computed = self.reused = 0
-        self._earlier: list[float | None] = []  # the recorded seconds of each reused unit (None: not recorded)
+        self._reused_seconds, self._reused_untimed = 0.0, 0  # what reused units recorded; how many recorded none
 
     def _path(self, key: str) -> Path:
         assert self.dir is not None
@@ -69,11 +69,6 @@ class EvalState:
     def done(self, key: str) -> bool:
         """Whether an earlier call finished the unit."""
         return self.dir is not None and self._path(key).exists()
-
-    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """The unit's ``(tensors, info)`` when an earlier call finished it, else None."""
-        stored = self._read(key)
-        return None if stored is None else stored[:2]
 
     def _read(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], float | None] | None:
         """``(tensors, info, seconds it took)`` of a finished unit (seconds None where not recorded)."""
@@ -91,7 +86,10 @@ class EvalState:
         stored = self._read(key)
         if stored is not None and (reuse is None or reuse(stored[0])):
             self.reused += 1
-            self._earlier.append(stored[2])
+            if stored[2] is None:
+                self._reused_untimed += 1
+            else:
+                self._reused_seconds += stored[2]
             return stored[0], stored[1]
         t0 = time.time()
         tensors, info = compute()
@@ -108,6 +106,6 @@ class EvalState:
         call computed and how many it reused from earlier calls, and, where every reused unit recorded
         its seconds, the total over all calls (this call's plus the reused units')."""
         out: dict[str, Any] = {"units_computed": self.computed, "units_reused": self.reused}
-        if self.reused and all(s is not None for s in self._earlier):
-            out["seconds_all_calls"] = round(seconds + sum(s for s in self._earlier if s is not None), 2)
+        if self.reused and not self._reused_untimed:
+            out["seconds_all_calls"] = round(seconds + self._reused_seconds, 2)
         return out
